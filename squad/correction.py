@@ -1,0 +1,27 @@
+"""The Correction result (also the JSON body on the wire) and its trace."""
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Step(BaseModel):
+    """One aligner application in a squad run."""
+
+    criterion: str = Field(description="The criterion whose aligner ran.")
+    score_before: float = Field(description="That criterion's inspector score before this step.")
+    threshold: float = Field(description="The threshold the score was under.")
+    applied: bool = Field(description="True when the aligner's output replaced the answer.")
+    answer: str = Field(description="The answer after this step.")
+    latency_ms: float = Field(description="Wall time of the aligner call for this step.")
+    error: str | None = Field(None, description="The aligner's error, when it failed (fail-open keeps the last good answer).")
+
+
+class Correction(BaseModel):
+    question: str
+    original: str = Field(description="The answer as it came in.")
+    answer: str = Field(description="The final answer.")
+    changed: bool = Field(description="Whether the final answer differs from the original.")
+    initial_scores: dict[str, float] = Field(description="Inspector scores of the original answer.")
+    scores: dict[str, float] = Field(description="Inspector scores of the final answer.")
+    steps: list[Step] = Field(default_factory=list)
+    latency_ms: float = Field(description="Wall time of the whole squad run for this pair.")

@@ -1,0 +1,82 @@
+"""Text generation behind a small protocol: HF transformers (CPU or GPU) here; vLLM can plug in.
+
+``HFEngine`` holds one base model with one LoRA adapter per criterion (peft), or one fully
+fine-tuned model per criterion, and generates greedily in left-padded batches that stop at the end
+of the assistant turn.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+
+class Engine(Protocol):
+    tokenizer: object
+
+    def generate(self, prompts: list[str], adapter: str | None, max_new_tokens: int) -> list[str]:
+        """Greedy continuations of ``prompts`` with the named adapter active."""
+
+
+class HFEngine:
+    def __init__(self, base_dir: str | Path, adapters: dict[str, Path] | None = None,
+                 full_models: dict[str, Path] | None = None, device: str = "cpu", batch_size: int = 8,
+                 dtype: torch.dtype = torch.float32):
+        from transformers import AutoModelForCausalLM
+
+        from squad.models import load_tokenizer
+
+        self.device, self.batch_size = device, batch_size
+        self.tokenizer = load_tokenizer(Path(base_dir), padding_side="left")
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, trust_remote_code=False)
+        self.models: dict[str | None, torch.nn.Module] = {}
+        adapters = adapters or {}
+        if adapters:
+            from peft import PeftModel
+
+            names = list(adapters)
+            peft_model = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0])
+            for n in names[1:]:
+                peft_model.load_adapter(str(adapters[n]), adapter_name=n)
+            self._peft = peft_model.to(device).eval()
+        else:
+            self._peft = None
+            self.models[None] = base.to(device).eval()
+        for name, path in (full_models or {}).items():
+            self.models[name] = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        self.stop_ids = self._stop_ids()
+
+    def _stop_ids(self) -> list[int]:
+        tok = self.tokenizer
+        ids = {tok.eos_token_id}
+        for s in ("<|im_end|>", "<|endoftext|>"):
+            i = tok.convert_tokens_to_ids(s)
+            if isinstance(i, int) and i != tok.unk_token_id:
+                ids.add(i)
+        return sorted(i for i in ids if i is not None)
+
+    def _model_for(self, adapter: str | None):
+        if adapter in self.models:
+            return self.models[adapter]
+        if self._peft is not None:
+            if adapter is None:
+                return self._peft  # callers pass an adapter; base-only use goes through disable_adapter
+            if adapter not in self._peft.peft_config:
+                raise KeyError(f"no aligner adapter for criterion {adapter!r}")
+            self._peft.set_adapter(adapter)
+            return self._peft
+        return self.models[None]
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], adapter: str | None, max_new_tokens: int = 128) -> list[str]:
+        model = self._model_for(adapter)
+        out: list[str] = []
+        for i in range(0, len(prompts), self.batch_size):
+            chunk = prompts[i:i + self.batch_size]
+            enc = self.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                 eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
+            new = gen[:, enc["input_ids"].shape[1]:]
+            out += [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+        return out

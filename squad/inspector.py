@@ -1,0 +1,120 @@
+"""Inspector: P(aligned | question, answer) per criterion, batched.
+
+Two designs, one API (``Inspector.score``):
+- ``shared``: one frozen encoder pass per pair; a small MLP head per criterion reads the pooled
+  embedding, so every criterion costs one encoder pass in all.
+- ``finetuned``: the IBM paper's choice, an encoder fine-tuned per criterion (here a LoRA adapter
+  per criterion on one base) with its own head: one encoder pass per criterion.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class Head(nn.Module):
+    """Pooled embedding -> logit of P(aligned)."""
+
+    def __init__(self, dim: int, hidden: int = 256, dropout: float = 0.1):
+        super().__init__()
+        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+    return nn.functional.normalize(pooled, dim=-1)
+
+
+def encode_batch(tokenizer, pairs: list[tuple[str, str]], max_length: int, device: str = "cpu"):
+    q, a = zip(*pairs) if pairs else ((), ())
+    return tokenizer(list(q), list(a), truncation="longest_first", max_length=max_length, padding=True,
+                     return_tensors="pt").to(device)
+
+
+class Inspector:
+    def __init__(self, encoder_dir: str | Path, heads: dict[str, Head], kind: str = "shared",
+                 adapters: dict[str, Path] | None = None, max_length: int = 256, batch_size: int = 32,
+                 device: str = "cpu"):
+        from transformers import AutoModel
+
+        from squad.models import load_tokenizer
+
+        if kind not in ("shared", "finetuned"):
+            raise ValueError(f"inspector kind must be 'shared' or 'finetuned', got {kind!r}")
+        self.kind, self.max_length, self.batch_size, self.device = kind, max_length, batch_size, device
+        self.tokenizer = load_tokenizer(Path(encoder_dir))
+        encoder = AutoModel.from_pretrained(encoder_dir, trust_remote_code=False)
+        if kind == "finetuned":
+            from peft import PeftModel
+
+            names = list(adapters or {})
+            if set(names) != set(heads):
+                raise ValueError(f"finetuned inspector needs one adapter per head: {sorted(names)} vs {sorted(heads)}")
+            encoder = PeftModel.from_pretrained(encoder, str(adapters[names[0]]), adapter_name=names[0])
+            for n in names[1:]:
+                encoder.load_adapter(str(adapters[n]), adapter_name=n)
+        self.encoder = encoder.to(device).eval()
+        self.heads = nn.ModuleDict(heads).to(device).eval()
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    @property
+    def criteria(self) -> list[str]:
+        return list(self.heads)
+
+    def _embed(self, enc, adapter: str | None = None) -> torch.Tensor:
+        if adapter is not None:
+            self.encoder.set_adapter(adapter)
+        out = self.encoder(**enc)
+        return mean_pool(out.last_hidden_state, enc["attention_mask"])
+
+    @torch.inference_mode()
+    def score(self, pairs: list[tuple[str, str]], criteria: list[str] | None = None) -> list[dict[str, float]]:
+        """One dict of P(aligned) per pair, for ``criteria`` (default: all)."""
+        crits = list(criteria) if criteria is not None else self.criteria
+        unknown = [c for c in crits if c not in self.heads]
+        if unknown:
+            raise KeyError(f"no inspector for criteria {unknown}; known: {self.criteria}")
+        results: list[dict[str, float]] = []
+        for i in range(0, len(pairs), self.batch_size):
+            enc = encode_batch(self.tokenizer, pairs[i:i + self.batch_size], self.max_length, self.device)
+            probs: dict[str, torch.Tensor] = {}
+            if self.kind == "shared":
+                emb = self._embed(enc)
+                for c in crits:
+                    probs[c] = torch.sigmoid(self.heads[c](emb))
+            else:
+                for c in crits:
+                    probs[c] = torch.sigmoid(self.heads[c](self._embed(enc, adapter=c)))
+            for j in range(enc["input_ids"].shape[0]):
+                results.append({c: float(probs[c][j]) for c in crits})
+        return results
+
+
+def save_heads(heads: dict[str, Head], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {f"{c}.{k}": v.detach().cpu().contiguous() for c, h in heads.items() for k, v in h.state_dict().items()}
+    save_file(state, str(path))
+
+
+def load_heads(path: Path, dim: int, hidden: int) -> dict[str, Head]:
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    by_crit: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in state.items():
+        crit, rest = key.split(".", 1)
+        by_crit.setdefault(crit, {})[rest] = t
+    heads = {}
+    for c, sd in by_crit.items():
+        h = Head(dim, hidden)
+        h.load_state_dict(sd)
+        heads[c] = h.eval()
+    return heads

@@ -1,0 +1,107 @@
+"""The Python SDK: ``Squad.load(...)`` then ``correct`` / ``correct_batch`` / ``inspect``."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from squad.aligner import Aligner
+from squad.algorithm import SquadPolicy, run_squad
+from squad.bundle import Manifest, read_manifest, resolve_bundle
+from squad.correction import Correction
+from squad.errors import SquadError
+from squad.inspector import Inspector, load_heads
+
+
+def load_inspector(bundle: Path, manifest: Manifest, device: str = "cpu") -> Inspector:
+    from squad.models import resolve
+
+    spec = manifest.inspector
+    heads = load_heads(bundle / spec.heads, spec.dim, spec.hidden)
+    adapters = ({c: bundle / e.inspector_adapter for c, e in manifest.criteria.items() if e.inspector_adapter}
+                if spec.kind == "finetuned" else None)
+    return Inspector(resolve(spec.base), heads, kind=spec.kind, adapters=adapters, max_length=spec.max_length,
+                     device=device)
+
+
+def load_aligner(bundle: Path, manifest: Manifest, device: str = "cpu") -> Aligner:
+    from squad.engine import HFEngine
+    from squad.models import resolve
+
+    arts = {c: bundle / e.aligner for c, e in manifest.criteria.items()}
+    if manifest.aligner.mode == "lora":
+        engine = HFEngine(resolve(manifest.aligner.base), adapters=arts, device=device)
+    else:
+        engine = HFEngine(resolve(manifest.aligner.base), full_models=arts, device=device)
+    return Aligner(engine, {c: e.policy for c, e in manifest.criteria.items()}, manifest.aligner.max_new_tokens)
+
+
+class Squad:
+    """A loaded squad: inspectors always in memory, aligners loaded on first need."""
+
+    def __init__(self, bundle: Path, manifest: Manifest, inspector: Inspector, device: str = "cpu",
+                 aligner: Aligner | None = None, fail_closed: bool = False):
+        self.bundle, self.manifest, self.inspector, self.device = bundle, manifest, inspector, device
+        self.fail_closed = fail_closed
+        self._aligner = aligner
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, bundle: str | Path = "default", device: str = "cpu", fail_closed: bool = False) -> "Squad":
+        path = resolve_bundle(bundle)
+        manifest = read_manifest(path)
+        return cls(path, manifest, load_inspector(path, manifest, device), device, fail_closed=fail_closed)
+
+    @property
+    def criteria(self) -> list[str]:
+        return list(self.manifest.criteria)
+
+    @property
+    def aligner(self) -> Aligner:
+        with self._lock:
+            if self._aligner is None:
+                self._aligner = load_aligner(self.bundle, self.manifest, self.device)
+            return self._aligner
+
+    def policy(self, criteria: list[str] | None = None, thresholds: dict[str, float] | None = None,
+               max_steps: int | None = None) -> SquadPolicy:
+        """The algorithm's settings for one call: defaults from the bundle, overridden per call."""
+        crits = list(criteria) if criteria else self.criteria
+        known = set(self.criteria)
+        for c in [*crits, *(thresholds or {})]:
+            if c not in known:
+                raise SquadError(f"unknown criterion {c!r}; this squad has {sorted(known)}")
+        th = {c: self.manifest.criteria[c].policy.threshold for c in crits}
+        for c, v in (thresholds or {}).items():
+            if not 0.0 <= float(v) <= 1.0:
+                raise SquadError(f"threshold for {c!r} must be in [0, 1], got {v}")
+            if c in th:
+                th[c] = float(v)
+        refusals = {c: e.policy.refusal for c, e in self.manifest.criteria.items()} if self.fail_closed else None
+        return SquadPolicy(thresholds=th, priorities={c: e.policy.priority for c, e in self.manifest.criteria.items()},
+                           max_steps=max_steps or self.manifest.max_steps, fail_closed=refusals)
+
+    def _inspect(self, pairs, criteria):
+        return self.inspector.score(pairs, criteria)
+
+    def _align(self, criterion, pairs):
+        return self.aligner.correct(criterion, pairs)
+
+    def correct(self, question: str, answer: str, criteria: list[str] | None = None,
+                thresholds: dict[str, float] | None = None) -> Correction:
+        return self.correct_batch([(question, answer)], criteria, thresholds)[0]
+
+    def correct_batch(self, pairs, criteria: list[str] | None = None,
+                      thresholds: dict[str, float] | None = None) -> list[Correction]:
+        pairs = [_pair(p) for p in pairs]
+        return run_squad(pairs, self._inspect, self._align, self.policy(criteria, thresholds))
+
+    def inspect(self, question: str, answer: str, criteria: list[str] | None = None) -> dict[str, float]:
+        crits = list(self.policy(criteria).thresholds)
+        return self.inspector.score([(question, answer)], crits)[0]
+
+
+def _pair(p) -> tuple[str, str]:
+    if isinstance(p, dict):
+        return str(p["question"]), str(p["answer"])
+    q, a = p
+    return str(q), str(a)

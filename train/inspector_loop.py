@@ -1,0 +1,143 @@
+"""Inspector training loops.
+
+``shared``: the encoder stays frozen; every distinct pair is embedded once, then each criterion's
+head is fitted on the cached embeddings (seconds). ``finetuned``: one run per criterion fits a LoRA
+adapter on the encoder together with its head (the IBM paper's per-criterion fine-tuned encoder).
+"""
+from __future__ import annotations
+
+import random
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def embed_pairs(encoder, tok, pairs: list[tuple[str, str]], max_length: int, batch_size: int = 64) -> torch.Tensor:
+    from tqdm import tqdm
+
+    from squad.inspector import encode_batch, mean_pool
+
+    out = []
+    with torch.inference_mode():
+        for i in tqdm(range(0, len(pairs), batch_size), desc="inspector: embedding pairs", mininterval=5):
+            enc = encode_batch(tok, pairs[i:i + batch_size], max_length)
+            out.append(mean_pool(encoder(**enc).last_hidden_state, enc["attention_mask"]))
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def fit_head(x: torch.Tensor, y: torch.Tensor, hidden: int, epochs: int, lr: float, wd: float, seed: int):
+    from squad.inspector import Head
+
+    torch.manual_seed(seed)
+    head = Head(x.shape[1], hidden)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=wd)
+    pos = float(y.sum())
+    pos_weight = torch.tensor((len(y) - pos) / max(pos, 1.0))
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    head.train()
+    loss = torch.tensor(0.0)
+    for _ in range(epochs):
+        opt.zero_grad()
+        loss = loss_fn(head(x), y)
+        loss.backward()
+        opt.step()
+    return head.eval(), float(loss)
+
+
+def train_shared_inspector(config: dict) -> None:
+    import ray.train
+    from transformers import AutoModel
+
+    from squad.inspector import save_heads
+    from squad.models import load_tokenizer
+    from squad.tracking import init_run
+    from squad.train.checkpointing import write_state
+
+    spec = config["spec"]
+    torch.set_num_threads(spec["scaling"]["torch_threads"])
+    tok = load_tokenizer(Path(config["base_dir"]))
+    encoder = AutoModel.from_pretrained(config["base_dir"], trust_remote_code=False).eval()
+    rows: dict[str, list[dict]] = config["rows"]
+    pairs = sorted({(r["question"], r["answer"]) for rs in rows.values() for r in rs})
+    index = {p: i for i, p in enumerate(pairs)}
+    emb = embed_pairs(encoder, tok, pairs, spec["max_length"])
+    run = init_run(config["wandb"]["project"], "inspector-shared", config["wandb"]["mode"], spec,
+                   directory=config.get("wandb_dir"), group=config["run_name"])
+    heads, metrics = {}, {}
+    for k, (crit, rs) in enumerate(sorted(rows.items())):
+        x = emb[[index[(r["question"], r["answer"])] for r in rs]]
+        y = torch.tensor([float(r["label"]) for r in rs])
+        heads[crit], metrics[f"{crit}/loss"] = fit_head(x, y, spec["hidden"], spec["epochs"], spec["lr"],
+                                                        spec["weight_decay"], config["seed"] + k)
+    if run:
+        run.log(metrics)
+        run.finish()
+    with tempfile.TemporaryDirectory() as tmp:
+        save_heads(heads, Path(tmp) / "heads.safetensors")
+        write_state(Path(tmp), epoch=1)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def train_finetuned_inspector(config: dict) -> None:
+    """One criterion: LoRA on the encoder plus its head, trained end to end."""
+    import ray.train
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from tqdm import tqdm
+    from transformers import AutoModel
+
+    from squad.inspector import Head, encode_batch, mean_pool, save_heads
+    from squad.models import load_tokenizer
+    from squad.tracking import init_run
+    from squad.train.checkpointing import read_state, write_state
+
+    spec, crit = config["spec"], config["criterion"]
+    torch.manual_seed(config["seed"])
+    torch.set_num_threads(spec["scaling"]["torch_threads"])
+    tok = load_tokenizer(Path(config["base_dir"]))
+    encoder = AutoModel.from_pretrained(config["base_dir"], trust_remote_code=False)
+    encoder = get_peft_model(encoder, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1,
+                                                 target_modules=["query", "key", "value", "dense"]))
+    head = Head(encoder.config.hidden_size, spec["hidden"])
+    start = 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(encoder, load_file(str(Path(d) / "adapter" / "adapter_model.safetensors")))
+            head.load_state_dict({k.split(".", 1)[1]: v for k, v in load_file(str(Path(d) / "heads.safetensors")).items()})
+            start = read_state(Path(d)).get("epoch", 0)
+    rows = config["rows"][crit]
+    params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=spec["finetune_lr"], weight_decay=spec["weight_decay"])
+    pos = sum(r["label"] for r in rows)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(rows) - pos) / max(pos, 1)))
+    run = init_run(config["wandb"]["project"], f"inspector-{crit}", config["wandb"]["mode"], spec,
+                   directory=config.get("wandb_dir"), group=config["run_name"])
+    for epoch in range(start, spec["finetune_epochs"]):
+        order = list(range(len(rows)))
+        random.Random(config["seed"] + epoch).shuffle(order)
+        encoder.train(), head.train()
+        total = 0.0
+        for i in tqdm(range(0, len(order), spec["batch_size"]), desc=f"inspector/{crit} epoch {epoch + 1}", mininterval=5):
+            chunk = [rows[j] for j in order[i:i + spec["batch_size"]]]
+            enc = encode_batch(tok, [(r["question"], r["answer"]) for r in chunk], spec["max_length"])
+            logits = head(mean_pool(encoder(**enc).last_hidden_state, enc["attention_mask"]))
+            loss = loss_fn(logits, torch.tensor([float(r["label"]) for r in chunk]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(chunk)
+        metrics = {"epoch": epoch + 1, "loss": total / len(rows)}
+        if run:
+            run.log(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            encoder.save_pretrained(Path(tmp) / "adapter", safe_serialization=True)
+            save_heads({crit: head}, Path(tmp) / "heads.safetensors")
+            write_state(Path(tmp), epoch=epoch + 1)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    if run:
+        run.finish()

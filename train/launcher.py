@@ -1,0 +1,186 @@
+"""Fit every aligner and every inspector at once on Ray Train, then assemble a squad bundle.
+
+One TorchTrainer per model (an aligner per criterion; the shared inspector, or an inspector per
+criterion when fine-tuned), each with its own ScalingConfig, all launched concurrently from Ray
+tasks. Rerunning with the same ``storage``/``run_name`` resumes each model from its latest checkpoint.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from squad.bundle import AlignerSpec, CriterionEntry, InspectorSpec, Manifest, write_manifest
+from squad.data import inspector_rows, load_policy_data
+from squad.policy import load_policies
+from squad.train.config import ScalingSpec, TrainConfig
+
+
+def _latest_checkpoint(run_dir: Path) -> Path | None:
+    best, best_epoch = None, -1
+    for state in run_dir.glob("**/state.json"):
+        epoch = json.loads(state.read_text()).get("epoch", 0)
+        if epoch > best_epoch:
+            best, best_epoch = state.parent, epoch
+    return best
+
+
+def _fit(name: str, loop: str, loop_config: dict, scaling: dict, storage: str, run_name: str) -> str:
+    """Runs in a Ray task: one TorchTrainer to completion; returns its final checkpoint directory."""
+    import importlib
+
+    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    module, fn = loop.rsplit(".", 1)
+    run_dir = Path(storage) / f"{run_name}-{name}"
+    resume = _latest_checkpoint(run_dir) if run_dir.exists() else None
+    trainer = TorchTrainer(
+        getattr(importlib.import_module(module), fn),
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=scaling["num_workers"], use_gpu=scaling["use_gpu"],
+                                     resources_per_worker={"CPU": scaling["cpus_per_worker"]}),
+        run_config=RunConfig(name=f"{run_name}-{name}", storage_path=storage,
+                             failure_config=FailureConfig(max_failures=1),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        resume_from_checkpoint=Checkpoint.from_directory(str(resume)) if resume else None,
+    )
+    result = trainer.fit()
+    if result.checkpoint is not None:
+        return result.checkpoint.path
+    if resume is not None:  # everything was already trained: nothing new to report
+        return str(resume)
+    raise RuntimeError(f"{name}: training finished without a checkpoint")
+
+
+def _rows(items, limit):
+    return [r.model_dump() for r in items][:limit] if limit else [r.model_dump() for r in items]
+
+
+def plan_jobs(cfg: TrainConfig, root: Path) -> tuple[dict, list[tuple[str, str, dict, ScalingSpec]], dict]:
+    """The policies, the (name, loop, config, scaling) of every model to fit, and the data hashes."""
+    from squad.models import resolve
+
+    policies = load_policies(root / cfg.policies if not Path(cfg.policies).is_absolute() else cfg.policies,
+                             cfg.criteria)
+    pdir = Path(cfg.policies) if Path(cfg.policies).is_absolute() else root / cfg.policies
+    data = {c: load_policy_data(pdir / c) for c in policies}
+    wandb = {"project": cfg.wandb.project, "mode": cfg.wandb.mode}
+    common = {"seed": cfg.seed, "wandb": wandb, "run_name": cfg.run_name,
+              "wandb_dir": str((root / cfg.storage).resolve() / "wandb")}
+    jobs = []
+    a_base = str(resolve(cfg.aligner.base))
+    for c, pol in policies.items():
+        corr, good = data[c].split("train")
+        jobs.append((f"aligner-{c}", "squad.train.aligner_loop.train_aligner",
+                     {**common, "criterion": c, "base_dir": a_base, "instruction": pol.instruction,
+                      "corrections": _rows(corr, cfg.limit), "good": _rows(good, cfg.limit),
+                      "spec": cfg.aligner.model_dump()}, cfg.aligner.scaling))
+    i_base = str(resolve(cfg.inspector.base))
+    irows = {c: _rows(inspector_rows(data, c, "train"), cfg.limit and 3 * cfg.limit) for c in policies}
+    icfg = {**common, "base_dir": i_base, "rows": irows, "spec": cfg.inspector.model_dump()}
+    if cfg.inspector.kind == "shared":
+        jobs.append(("inspector-shared", "squad.train.inspector_loop.train_shared_inspector", icfg, cfg.inspector.scaling))
+    else:
+        for c in policies:
+            jobs.append((f"inspector-{c}", "squad.train.inspector_loop.train_finetuned_inspector",
+                         {**icfg, "criterion": c}, cfg.inspector.scaling))
+    hashes = {k: v for d in data.values() for k, v in d.hashes.items()}
+    return policies, jobs, hashes
+
+
+def train_squad(cfg: TrainConfig, root: Path | None = None, log=print) -> Path:
+    import ray
+
+    root = Path(root or os.getcwd())
+    policies, jobs, hashes = plan_jobs(cfg, root)
+    storage = str((root / cfg.storage).resolve())
+    started = time.time()
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        if cfg.local_mode or not os.environ.get("RAY_ADDRESS"):
+            ray.init(include_dashboard=False, log_to_driver=True,
+                     runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+        else:
+            ray.init(address=os.environ["RAY_ADDRESS"])
+    try:
+        fit = ray.remote(num_cpus=0)(_fit)
+        log(f"[squad] fitting {len(jobs)} models at once: {', '.join(j[0] for j in jobs)}")
+        refs = {fit.remote(name, loop, conf, scaling.model_dump(), storage, cfg.run_name): name
+                for name, loop, conf, scaling in jobs}
+        ckpts: dict[str, Path] = {}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            name = refs[done[0]]
+            ckpts[name] = Path(ray.get(done[0]))
+            log(f"[squad] {name} done after {time.time() - started:.0f}s ({len(ckpts)}/{len(jobs)})")
+    finally:
+        if own_ray:
+            ray.shutdown()
+    out = assemble_bundle(cfg, root, policies, ckpts, hashes, time.time() - started)
+    if cfg.evaluate:
+        from squad.evaluate import evaluate, format_table, heldout_rows
+        from squad.sdk import Squad
+
+        squad = Squad.load(out)
+        pdir = Path(cfg.policies) if Path(cfg.policies).is_absolute() else root / cfg.policies
+        rows = heldout_rows(pdir, list(policies))
+        if cfg.limit:
+            rows = rows[: 4 * cfg.limit]
+        report = evaluate(squad, rows)
+        manifest = squad.manifest.model_copy(update={"metrics": {"heldout": report}})
+        write_manifest(out, manifest)
+        log(format_table(report))
+    log(f"[squad] bundle written to {out} in {time.time() - started:.0f}s")
+    return out
+
+
+def assemble_bundle(cfg: TrainConfig, root: Path, policies, ckpts: dict[str, Path], hashes: dict,
+                    seconds: float) -> Path:
+    from squad.inspector import Head, load_heads, save_heads
+
+    out = (root / cfg.output) if not Path(cfg.output).is_absolute() else Path(cfg.output)
+    tmp = out.with_name(out.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "inspector").mkdir(parents=True)
+    entries = {}
+    for c, pol in policies.items():
+        src, dst = ckpts[f"aligner-{c}"], tmp / "aligner" / c
+        dst.mkdir(parents=True)
+        for f in src.iterdir():
+            if f.suffix in (".json", ".safetensors") and f.name not in ("state.json", "optimizer.safetensors"):
+                shutil.copy2(f, dst / f.name)
+        entries[c] = CriterionEntry(policy=pol, aligner=f"aligner/{c}")
+    if cfg.inspector.kind == "shared":
+        shutil.copy2(ckpts["inspector-shared"] / "heads.safetensors", tmp / "inspector" / "heads.safetensors")
+    else:
+        heads: dict[str, Head] = {}
+        for c in policies:
+            src = ckpts[f"inspector-{c}"]
+            heads.update(load_heads(src / "heads.safetensors", _dim(cfg), cfg.inspector.hidden))
+            shutil.copytree(src / "adapter", tmp / "inspector" / "adapters" / c)
+            entries[c].inspector_adapter = f"inspector/adapters/{c}"
+        save_heads(heads, tmp / "inspector" / "heads.safetensors")
+    manifest = Manifest(
+        criteria=entries,
+        aligner=AlignerSpec(base=cfg.aligner.base, mode=cfg.aligner.mode, max_new_tokens=cfg.aligner.max_new_tokens),
+        inspector=InspectorSpec(base=cfg.inspector.base, kind=cfg.inspector.kind, dim=_dim(cfg),
+                                hidden=cfg.inspector.hidden, max_length=cfg.inspector.max_length),
+        max_steps=cfg.max_steps, training={**cfg.model_dump(), "seconds": round(seconds, 1)}, data=hashes,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    write_manifest(tmp, manifest)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def _dim(cfg: TrainConfig) -> int:
+    from transformers import AutoConfig
+
+    from squad.models import resolve
+
+    return AutoConfig.from_pretrained(resolve(cfg.inspector.base)).hidden_size
