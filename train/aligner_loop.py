@@ -56,10 +56,25 @@ def build_model(base_dir: str, spec: dict):
         targets = [t for t in spec["lora_targets"] if t in present]
         if not targets:
             raise ValueError(f"none of aligner.lora_targets {spec['lora_targets']} exist in {base_dir}")
+        n_layers = getattr(model.config, "num_hidden_layers", None)
+        top = spec.get("lora_top_layers")
+        layers = list(range(n_layers - top, n_layers)) if top and n_layers and top < n_layers else None
         model = get_peft_model(model, LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"],
                                                  lora_dropout=spec["lora_dropout"], target_modules=targets,
-                                                 task_type="CAUSAL_LM"))
+                                                 layers_to_transform=layers, task_type="CAUSAL_LM"))
     return model
+
+
+def completion_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token loss on the completion only, computing LM-head logits only where they are needed."""
+    width = ids.shape[1]
+    first = int((labels != IGNORE).float().argmax(dim=1).min())  # earliest completion token in the batch
+    keep = width - max(first - 1, 0)
+    logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits  # positions width-keep..
+    target = labels[:, width - keep + 1:]
+    logits = logits[:, : target.shape[1]]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                                             ignore_index=IGNORE)
 
 
 def _unwrap(model):
@@ -82,7 +97,8 @@ def train_aligner(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
 
     tok = load_tokenizer(Path(config["base_dir"]), padding_side="right")
-    warm = build_examples(tok, config["instruction"], config["good"], "answer", spec["max_length"])
+    good = config["good"][: spec["warmup_limit"]] if spec.get("warmup_limit") else config["good"]
+    warm = build_examples(tok, config["instruction"], good, "answer", spec["max_length"])
     main = build_examples(tok, config["instruction"], config["corrections"], "correction", spec["max_length"])
     phases = [("warmup", warm)] * spec["warmup_epochs"] + [("correct", main)] * spec["epochs"]
 
@@ -123,7 +139,7 @@ def train_aligner(config: dict) -> None:
         total, count = 0.0, 0
         for ids, mask, labels in bar:
             ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            loss = completion_loss(model, ids, mask, labels)
             if engine is not None:
                 engine.backward(loss)
                 engine.step()

