@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 export WANDB_SILENT := true
 
-.PHONY: install demo test test-fast bench default-bundle eval clean
+.PHONY: install demo test test-fast bench bench-designs default-bundle eval clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,7 +32,11 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not real" tests
 
 bench: $(STAMP)
-	$(BIN)/python bench/bench_inspect.py
+	$(BIN)/python bench/latency_good.py
+
+# The inspector design comparison (trains design B: about 10-15 minutes here).
+bench-designs: $(STAMP)
+	$(BIN)/python bench/inspector_designs.py
 
 # Rebuild the shipped default squad from the seed data (see README for the time it takes here).
 default-bundle: $(STAMP)

@@ -149,10 +149,10 @@ def train_aligner(config: dict) -> None:
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
             step += 1
-            total, count = total + float(loss), count + 1
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            total, count = total + float(loss.detach()), count + 1
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             if run:
-                run.log({"train/loss": float(loss), "train/epoch": epoch, "phase": phase}, step=step)
+                run.log({"train/loss": float(loss.detach()), "train/epoch": epoch, "phase": phase}, step=step)
         metrics = {"epoch": epoch + 1, "phase": phase, "loss": total / max(count, 1), "criterion": crit}
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:

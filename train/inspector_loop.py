@@ -43,7 +43,7 @@ def fit_head(x: torch.Tensor, y: torch.Tensor, hidden: int, epochs: int, lr: flo
         loss = loss_fn(head(x), y)
         loss.backward()
         opt.step()
-    return head.eval(), float(loss)
+    return head.eval(), float(loss.detach())
 
 
 def train_shared_inspector(config: dict) -> None:
@@ -80,15 +80,53 @@ def train_shared_inspector(config: dict) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def train_finetuned_inspector(config: dict) -> None:
-    """One criterion: LoRA on the encoder plus its head, trained end to end."""
-    import ray.train
+def finetuned_encoder(base_dir: str):
+    """The encoder with a LoRA adapter on every attention and feed-forward projection."""
     from peft import LoraConfig, get_peft_model
-    from safetensors.torch import load_file
-    from tqdm import tqdm
     from transformers import AutoModel
 
-    from squad.inspector import Head, encode_batch, mean_pool, save_heads
+    encoder = AutoModel.from_pretrained(base_dir, trust_remote_code=False)
+    return get_peft_model(encoder, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1,
+                                              target_modules=["query", "key", "value", "dense"]))
+
+
+def fit_finetuned(encoder, head, tok, rows: list[dict], spec: dict, seed: int, start: int = 0,
+                  on_epoch=None, desc: str = "inspector") -> None:
+    """Train encoder adapter and head together, calling ``on_epoch(epoch, metrics)`` after each epoch."""
+    from tqdm import tqdm
+
+    from squad.inspector import encode_batch, mean_pool
+
+    params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=spec["finetune_lr"], weight_decay=spec["weight_decay"])
+    pos = sum(r["label"] for r in rows)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(rows) - pos) / max(pos, 1)))
+    for epoch in range(start, spec["finetune_epochs"]):
+        order = list(range(len(rows)))
+        random.Random(seed + epoch).shuffle(order)
+        encoder.train(), head.train()
+        total = 0.0
+        for i in tqdm(range(0, len(order), spec["batch_size"]), desc=f"{desc} epoch {epoch + 1}", mininterval=5):
+            chunk = [rows[j] for j in order[i:i + spec["batch_size"]]]
+            enc = encode_batch(tok, [(r["question"], r["answer"]) for r in chunk], spec["max_length"])
+            logits = head(mean_pool(encoder(**enc).last_hidden_state, enc["attention_mask"]))
+            loss = loss_fn(logits, torch.tensor([float(r["label"]) for r in chunk]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(chunk)
+        if on_epoch:
+            on_epoch(epoch + 1, {"epoch": epoch + 1, "loss": total / len(rows)})
+    encoder.eval(), head.eval()
+
+
+def train_finetuned_inspector(config: dict) -> None:
+    """One criterion: LoRA on the encoder plus its head, trained end to end (a Ray Train worker)."""
+    import ray.train
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from squad.inspector import Head, save_heads
     from squad.models import load_tokenizer
     from squad.tracking import init_run
     from squad.train.checkpointing import read_state, write_state
@@ -97,47 +135,27 @@ def train_finetuned_inspector(config: dict) -> None:
     torch.manual_seed(config["seed"])
     torch.set_num_threads(spec["scaling"]["torch_threads"])
     tok = load_tokenizer(Path(config["base_dir"]))
-    encoder = AutoModel.from_pretrained(config["base_dir"], trust_remote_code=False)
-    encoder = get_peft_model(encoder, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1,
-                                                 target_modules=["query", "key", "value", "dense"]))
+    encoder = finetuned_encoder(config["base_dir"])
     head = Head(encoder.config.hidden_size, spec["hidden"])
     start = 0
     ckpt = ray.train.get_checkpoint()
     if ckpt:
         with ckpt.as_directory() as d:
-            from peft import set_peft_model_state_dict
-
             set_peft_model_state_dict(encoder, load_file(str(Path(d) / "adapter" / "adapter_model.safetensors")))
             head.load_state_dict({k.split(".", 1)[1]: v for k, v in load_file(str(Path(d) / "heads.safetensors")).items()})
             start = read_state(Path(d)).get("epoch", 0)
-    rows = config["rows"][crit]
-    params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=spec["finetune_lr"], weight_decay=spec["weight_decay"])
-    pos = sum(r["label"] for r in rows)
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(rows) - pos) / max(pos, 1)))
     run = init_run(config["wandb"]["project"], f"inspector-{crit}", config["wandb"]["mode"], spec,
                    directory=config.get("wandb_dir"), group=config["run_name"])
-    for epoch in range(start, spec["finetune_epochs"]):
-        order = list(range(len(rows)))
-        random.Random(config["seed"] + epoch).shuffle(order)
-        encoder.train(), head.train()
-        total = 0.0
-        for i in tqdm(range(0, len(order), spec["batch_size"]), desc=f"inspector/{crit} epoch {epoch + 1}", mininterval=5):
-            chunk = [rows[j] for j in order[i:i + spec["batch_size"]]]
-            enc = encode_batch(tok, [(r["question"], r["answer"]) for r in chunk], spec["max_length"])
-            logits = head(mean_pool(encoder(**enc).last_hidden_state, enc["attention_mask"]))
-            loss = loss_fn(logits, torch.tensor([float(r["label"]) for r in chunk]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss) * len(chunk)
-        metrics = {"epoch": epoch + 1, "loss": total / len(rows)}
+
+    def report(epoch: int, metrics: dict) -> None:
         if run:
             run.log(metrics)
         with tempfile.TemporaryDirectory() as tmp:
             encoder.save_pretrained(Path(tmp) / "adapter", safe_serialization=True)
             save_heads({crit: head}, Path(tmp) / "heads.safetensors")
-            write_state(Path(tmp), epoch=epoch + 1)
+            write_state(Path(tmp), epoch=epoch)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    fit_finetuned(encoder, head, tok, config["rows"][crit], spec, config["seed"], start, report, f"inspector/{crit}")
     if run:
         run.finish()

@@ -1,0 +1,90 @@
+"""Inspector designs on the held-out split: AUROC and latency, measured in one run.
+
+A: shared frozen MiniLM encoder, one MLP head per criterion (one encoder pass for all criteria).
+B: the IBM paper's choice, an encoder fine-tuned per criterion (LoRA adapter + head per criterion;
+   one encoder pass per criterion).
+Both are trained here on the train split with the same functions the Ray Train loops use, then
+loaded through the one Inspector API and timed on single already-good pairs (all three criteria).
+
+    python bench/inspector_designs.py [--epochs 2] [--calls 60]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import p50, timed  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs for design B")
+    ap.add_argument("--calls", type=int, default=60)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from transformers import AutoModel
+
+    from squad.data import inspector_rows, load_policy_data
+    from squad.evaluate import auroc
+    from squad.inspector import Head, Inspector, save_heads
+    from squad.models import load_tokenizer, resolve
+    from squad.train.config import InspectorTrain
+    from squad.train.inspector_loop import embed_pairs, finetuned_encoder, fit_finetuned, fit_head
+
+    crits = ["ethics", "helpfulness", "honesty"]
+    data = {c: load_policy_data(ROOT / "policies" / c) for c in crits}
+    base = resolve("all-minilm-l6-v2")
+    tok = load_tokenizer(base)
+    spec = InspectorTrain(finetune_epochs=args.epochs).model_dump()
+    train = {c: [r.model_dump() for r in inspector_rows(data, c, "train")] for c in crits}
+    test = {c: inspector_rows(data, c, "test") for c in crits}
+    good = data["helpfulness"].split("test")[1][0]
+    pair = (good.question, good.answer)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        # A: shared frozen encoder + heads.
+        enc = AutoModel.from_pretrained(base).eval()
+        heads = {}
+        for k, c in enumerate(crits):
+            x = embed_pairs(enc, tok, [(r["question"], r["answer"]) for r in train[c]], spec["max_length"])
+            heads[c], _ = fit_head(x, torch.tensor([float(r["label"]) for r in train[c]]), spec["hidden"],
+                                   spec["epochs"], spec["lr"], spec["weight_decay"], k)
+        a = Inspector(base, heads, kind="shared")
+        # B: fine-tuned encoder per criterion.
+        adapters, bheads = {}, {}
+        for k, c in enumerate(crits):
+            torch.manual_seed(k)
+            e = finetuned_encoder(str(base))
+            h = Head(e.config.hidden_size, spec["hidden"])
+            fit_finetuned(e, h, tok, train[c], spec, k, desc=f"design B {c}")
+            e.save_pretrained(tmp / c, safe_serialization=True)
+            adapters[c], bheads[c] = tmp / c, h
+        save_heads(bheads, tmp / "heads.safetensors")
+        b = Inspector(base, bheads, kind="finetuned", adapters=adapters)
+
+        print("| design | " + " | ".join(f"AUROC {c}" for c in crits) + " | p50 ms, 1 pair x 3 criteria |")
+        print("|---|" + "---|" * (len(crits) + 1))
+        lat = {}
+        for name, insp in (("A shared frozen encoder + heads", a), ("B fine-tuned encoder per criterion", b)):
+            aucs = []
+            for c in crits:
+                s = insp.score([(r.question, r.answer) for r in test[c]], [c])
+                aucs.append(auroc([r.label for r in test[c]], [x[c] for x in s]))
+            lat[name] = p50(timed(lambda: insp.score([pair]), args.calls))
+            print(f"| {name} | " + " | ".join(f"{x:.3f}" for x in aucs) + f" | {lat[name]:.1f} |")
+        names = list(lat)
+        print(f"\nlatency ratio B/A: {lat[names[1]] / lat[names[0]]:.2f}x (same run, {args.threads} threads)")
+
+
+if __name__ == "__main__":
+    main()

