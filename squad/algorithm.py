@@ -60,7 +60,12 @@ def run_squad(pairs: Sequence[tuple[str, str]], inspect: InspectFn, align: Align
     pending = list(range(len(states)))
     first = True
     while pending:
-        scored = inspect([(states[i].question, states[i].answer) for i in pending], criteria)
+        scored = list(inspect([(states[i].question, states[i].answer) for i in pending], criteria))
+        if len(scored) != len(pending):
+            raise RuntimeError(f"inspector returned {len(scored)} score sets for {len(pending)} pairs")
+        missing = {c for s in scored for c in criteria if c not in s}
+        if missing:
+            raise RuntimeError(f"inspector returned no score for {sorted(missing)}")
         groups: dict[str, list[int]] = {}
         for i, s in zip(pending, scored):
             st = states[i]
@@ -87,9 +92,12 @@ def _apply(crit: str, group: list[_State], align: AlignFn, policy: SquadPolicy, 
     t0 = clock()
     error: str | None = None
     try:
-        outs = align(crit, [(st.question, st.answer) for st in group])
+        outs = list(align(crit, [(st.question, st.answer) for st in group]))
         if len(outs) != len(group):
             raise RuntimeError(f"aligner returned {len(outs)} answers for {len(group)} pairs")
+        bad = [type(o).__name__ for o in outs if not isinstance(o, str)]
+        if bad:
+            raise TypeError(f"aligner returned non-text answers ({', '.join(sorted(set(bad)))})")
     except Exception as e:  # fail-open (default) or fail-closed; the error goes into the trace
         error = f"{type(e).__name__}: {e}"
         outs = None

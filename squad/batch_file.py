@@ -13,7 +13,8 @@ def correct_file(squad, src: Path, dst: Path, criteria=None, thresholds=None, ba
 
     errors = errors or dst.with_name(dst.name + ".errors.jsonl")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    total = sum(1 for line in open(src, encoding="utf-8") if line.strip())
+    with open(src, "rb") as f:
+        total = sum(1 for line in f if line.strip())
     n_in = n_out = n_err = 0
     batch: list[tuple[int, PairRow, dict]] = []
     with open(dst, "w", encoding="utf-8") as out, open(errors, "w", encoding="utf-8") as err, \

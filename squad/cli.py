@@ -41,14 +41,14 @@ def cmd_correct(args) -> int:
         raise SquadError("use either --question/--answer or --input FILE, not both")
     if not args.input and not (args.question and args.answer):
         raise SquadError("give --question and --answer, or --input FILE --output FILE")
+    th = _thresholds(args.threshold)  # argument errors before the (slower) bundle load
+    if args.input and not args.output:
+        raise SquadError("--input needs --output FILE")
     squad = Squad.load(args.bundle)
-    th = _thresholds(args.threshold)
     if not args.input:
         c = squad.correct(args.question, args.answer, criteria=args.criteria, thresholds=th)
         print(c.model_dump_json(indent=2) if args.json else _render(c))
         return 0
-    if not args.output:
-        raise SquadError("--input needs --output FILE")
     from squad.batch_file import correct_file
 
     summary = correct_file(squad, Path(args.input), Path(args.output), criteria=args.criteria, thresholds=th,

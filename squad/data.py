@@ -54,7 +54,7 @@ class CorrectionRow(_Row):
 class LabeledRow(_Row):
     """Inspector data: label 1 = aligned, 0 = misaligned."""
 
-    label: int = Field(ge=0, le=1)
+    label: int = Field(ge=0, le=1, strict=True)
 
 
 R = TypeVar("R", bound=BaseModel)
@@ -80,8 +80,14 @@ def parse_line(line: str, model: type[R]) -> R:
 
 def iter_jsonl(path: str | Path, model: type[R]) -> Iterator[tuple[int, R | None, str | None, str]]:
     """Yield ``(lineno, row, error, raw_line)`` for each non-blank line: never stops at a bad row."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, None, row_error(path, lineno, ValueError(f"not valid UTF-8 (byte {e.start})")), \
+                    raw.decode("utf-8", errors="replace")
+                continue
             if not line.strip():
                 continue
             try:

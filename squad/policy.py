@@ -43,7 +43,12 @@ def load_policy(folder: str | Path) -> Policy:
     path = Path(folder) / "policy.yaml"
     if not path.is_file():
         raise ConfigError(f"{path}: no policy.yaml in this policy folder")
-    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as e:  # YAML syntax or interpolation errors
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of policy fields")
     try:
         policy = Policy.model_validate(raw)
     except ValidationError as e:

@@ -35,6 +35,27 @@ def load_aligner(bundle: Path, manifest: Manifest, device: str = "cpu") -> Align
     return Aligner(engine, {c: e.policy for c, e in manifest.criteria.items()}, manifest.aligner.max_new_tokens)
 
 
+def squad_policy(manifest: Manifest, criteria: list[str] | None = None, thresholds: dict[str, float] | None = None,
+                 max_steps: int | None = None, fail_closed: bool = False) -> SquadPolicy:
+    """Bundle defaults merged with per-call criteria, thresholds and max_steps, validated."""
+    known = list(manifest.criteria)
+    crits = list(criteria) if criteria else known
+    for c in [*crits, *(thresholds or {})]:
+        if c not in known:
+            raise SquadError(f"unknown criterion {c!r}; this squad has {sorted(known)}")
+    if max_steps is not None and max_steps < 1:
+        raise SquadError(f"max_steps must be at least 1, got {max_steps}")
+    th = {c: manifest.criteria[c].policy.threshold for c in crits}
+    for c, v in (thresholds or {}).items():
+        if not 0.0 <= float(v) <= 1.0:
+            raise SquadError(f"threshold for {c!r} must be in [0, 1], got {v}")
+        if c in th:
+            th[c] = float(v)
+    refusals = {c: e.policy.refusal for c, e in manifest.criteria.items()} if fail_closed else None
+    return SquadPolicy(thresholds=th, priorities={c: e.policy.priority for c, e in manifest.criteria.items()},
+                       max_steps=manifest.max_steps if max_steps is None else max_steps, fail_closed=refusals)
+
+
 class Squad:
     """A loaded squad: inspectors always in memory, aligners loaded on first need."""
 
@@ -51,6 +72,13 @@ class Squad:
         manifest = read_manifest(path)
         return cls(path, manifest, load_inspector(path, manifest, device), device, fail_closed=fail_closed)
 
+    @staticmethod
+    def connect(url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 300.0):
+        """The same SDK over HTTP against a served squad (``serve run squad.yaml``)."""
+        from squad.remote import RemoteSquad
+
+        return RemoteSquad(url, token=token, timeout=timeout)
+
     @property
     def criteria(self) -> list[str]:
         return list(self.manifest.criteria)
@@ -65,20 +93,7 @@ class Squad:
     def policy(self, criteria: list[str] | None = None, thresholds: dict[str, float] | None = None,
                max_steps: int | None = None) -> SquadPolicy:
         """The algorithm's settings for one call: defaults from the bundle, overridden per call."""
-        crits = list(criteria) if criteria else self.criteria
-        known = set(self.criteria)
-        for c in [*crits, *(thresholds or {})]:
-            if c not in known:
-                raise SquadError(f"unknown criterion {c!r}; this squad has {sorted(known)}")
-        th = {c: self.manifest.criteria[c].policy.threshold for c in crits}
-        for c, v in (thresholds or {}).items():
-            if not 0.0 <= float(v) <= 1.0:
-                raise SquadError(f"threshold for {c!r} must be in [0, 1], got {v}")
-            if c in th:
-                th[c] = float(v)
-        refusals = {c: e.policy.refusal for c, e in self.manifest.criteria.items()} if self.fail_closed else None
-        return SquadPolicy(thresholds=th, priorities={c: e.policy.priority for c, e in self.manifest.criteria.items()},
-                           max_steps=max_steps or self.manifest.max_steps, fail_closed=refusals)
+        return squad_policy(self.manifest, criteria, thresholds, max_steps, self.fail_closed)
 
     def _inspect(self, pairs, criteria):
         return self.inspector.score(pairs, criteria)

@@ -12,6 +12,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVE_TOKEN = "test-token-123"
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +20,8 @@ def ray_cluster():
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}})
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+                                       "SQUAD_TEST_TOKEN": SERVE_TOKEN, "TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     ray.shutdown()
 

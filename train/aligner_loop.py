@@ -84,7 +84,7 @@ def _unwrap(model):
 def train_aligner(config: dict) -> None:
     import ray.train
     import ray.train.torch
-    from tqdm import tqdm
+    from ray.experimental.tqdm_ray import tqdm  # progress bars that render in the driver
 
     from squad.models import load_tokenizer
     from squad.tracking import init_run
@@ -133,11 +133,10 @@ def train_aligner(config: dict) -> None:
     for epoch in range(start_epoch, len(phases)):
         phase, examples = phases[epoch]
         n_batches = -(-len(examples[rank::world]) // spec["batch_size"])
-        bar = tqdm(batches(examples, spec["batch_size"], tok.pad_token_id, config["seed"] + epoch, rank, world),
-                   total=n_batches, desc=f"aligner/{crit} epoch {epoch + 1}/{len(phases)} ({phase})",
-                   disable=rank != 0, mininterval=5)
+        desc = f"aligner/{crit} epoch {epoch + 1}/{len(phases)} ({phase})"
+        bar = tqdm(desc=desc, total=n_batches, position=config.get("position")) if rank == 0 else None
         total, count = 0.0, 0
-        for ids, mask, labels in bar:
+        for ids, mask, labels in batches(examples, spec["batch_size"], tok.pad_token_id, config["seed"] + epoch, rank, world):
             ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             loss = completion_loss(model, ids, mask, labels)
             if engine is not None:
@@ -150,9 +149,13 @@ def train_aligner(config: dict) -> None:
                 opt.step()
             step += 1
             total, count = total + float(loss.detach()), count + 1
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            if bar:
+                bar.update(1)
+                bar.set_description(f"{desc} loss {total / count:.3f}")
             if run:
                 run.log({"train/loss": float(loss.detach()), "train/epoch": epoch, "phase": phase}, step=step)
+        if bar:
+            bar.close()
         metrics = {"epoch": epoch + 1, "phase": phase, "loss": total / max(count, 1), "criterion": crit}
         with tempfile.TemporaryDirectory() as tmp:
             if rank == 0:

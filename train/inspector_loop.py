@@ -14,16 +14,31 @@ import torch
 from torch import nn
 
 
-def embed_pairs(encoder, tok, pairs: list[tuple[str, str]], max_length: int, batch_size: int = 64) -> torch.Tensor:
+def _progress(**kw):
+    """Ray's driver-rendered progress bar inside Ray workers, plain tqdm elsewhere."""
+    import ray
+
+    if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+        from ray.experimental.tqdm_ray import tqdm
+
+        return tqdm(desc=kw.get("desc"), total=kw.get("total"))
     from tqdm import tqdm
+
+    return tqdm(desc=kw.get("desc"), total=kw.get("total"), mininterval=2)
+
+
+def embed_pairs(encoder, tok, pairs: list[tuple[str, str]], max_length: int, batch_size: int = 64) -> torch.Tensor:
 
     from squad.inspector import encode_batch, mean_pool
 
     out = []
     with torch.inference_mode():
-        for i in tqdm(range(0, len(pairs), batch_size), desc="inspector: embedding pairs", mininterval=5):
+        bar = _progress(desc="inspector: embedding pairs", total=-(-len(pairs) // batch_size))
+        for i in range(0, len(pairs), batch_size):
             enc = encode_batch(tok, pairs[i:i + batch_size], max_length)
             out.append(mean_pool(encoder(**enc).last_hidden_state, enc["attention_mask"]))
+            bar.update(1)
+        bar.close()
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -93,8 +108,6 @@ def finetuned_encoder(base_dir: str):
 def fit_finetuned(encoder, head, tok, rows: list[dict], spec: dict, seed: int, start: int = 0,
                   on_epoch=None, desc: str = "inspector") -> None:
     """Train encoder adapter and head together, calling ``on_epoch(epoch, metrics)`` after each epoch."""
-    from tqdm import tqdm
-
     from squad.inspector import encode_batch, mean_pool
 
     params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
@@ -106,7 +119,8 @@ def fit_finetuned(encoder, head, tok, rows: list[dict], spec: dict, seed: int, s
         random.Random(seed + epoch).shuffle(order)
         encoder.train(), head.train()
         total = 0.0
-        for i in tqdm(range(0, len(order), spec["batch_size"]), desc=f"{desc} epoch {epoch + 1}", mininterval=5):
+        bar = _progress(desc=f"{desc} epoch {epoch + 1}", total=-(-len(order) // spec["batch_size"]))
+        for i in range(0, len(order), spec["batch_size"]):
             chunk = [rows[j] for j in order[i:i + spec["batch_size"]]]
             enc = encode_batch(tok, [(r["question"], r["answer"]) for r in chunk], spec["max_length"])
             logits = head(mean_pool(encoder(**enc).last_hidden_state, enc["attention_mask"]))
@@ -115,6 +129,8 @@ def fit_finetuned(encoder, head, tok, rows: list[dict], spec: dict, seed: int, s
             loss.backward()
             opt.step()
             total += float(loss.detach()) * len(chunk)
+            bar.update(1)
+        bar.close()
         if on_epoch:
             on_epoch(epoch + 1, {"epoch": epoch + 1, "loss": total / len(rows)})
     encoder.eval(), head.eval()

@@ -1,0 +1,1 @@
+"""Ray Serve (installed as ``squad.serve``): the squad as a dynamic deployment graph."""

@@ -1,0 +1,77 @@
+"""Serve deployments as plain classes; ``squad.serve.app`` applies ``serve.deployment`` with options.
+
+- ``InspectorServer``: the bundle's shared-encoder inspector; concurrent requests are batched
+  with ``@serve.batch`` into one encoder pass.
+- ``AlignerServer``: one base model with every criterion's LoRA adapter (multiplexed by criterion).
+- ``UpstreamServer``: the in-app upstream LLM (the embedded SmolLM2) for /v1/chat/completions.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from ray import serve
+
+
+class InspectorServer:
+    def __init__(self, bundle: str, batch_size: int = 32, batch_wait_s: float = 0.005):
+        from squad.bundle import read_manifest, resolve_bundle
+        from squad.sdk import load_inspector
+
+        path = resolve_bundle(bundle)
+        self.inspector = load_inspector(path, read_manifest(path))
+        self._score_batch.set_max_batch_size(batch_size)
+        self._score_batch.set_batch_wait_timeout_s(batch_wait_s)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _score_batch(self, pairs: list[tuple[str, str]]) -> list[dict[str, float]]:
+        return await asyncio.to_thread(self.inspector.score, pairs)
+
+    async def score(self, pairs: list[tuple[str, str]], criteria: list[str]) -> list[dict[str, float]]:
+        """Scores for ``criteria``; pairs from concurrent requests share encoder batches."""
+        results = await asyncio.gather(*(self._score_batch(tuple(p)) for p in pairs))
+        return [{c: r[c] for c in criteria} for r in results]
+
+    def ping(self) -> str:
+        return "ok"
+
+
+class AlignerServer:
+    def __init__(self, bundle: str):
+        from squad.bundle import read_manifest, resolve_bundle
+        from squad.sdk import load_aligner
+
+        path = resolve_bundle(bundle)
+        self.aligner = load_aligner(path, read_manifest(path))
+        self._lock = asyncio.Lock()  # one generate at a time: adapters are switched per call
+
+    async def correct(self, criterion: str, pairs: list[tuple[str, str]]) -> list[str]:
+        async with self._lock:
+            return await asyncio.to_thread(self.aligner.correct, criterion, [tuple(p) for p in pairs])
+
+    def ping(self) -> str:
+        return "ok"
+
+
+class UpstreamServer:
+    """A small local chat model standing in for the upstream LLM, so the demo needs nothing outside."""
+
+    def __init__(self, model: str):
+        from squad.engine import HFEngine
+        from squad.models import resolve
+
+        self.engine = HFEngine(Path(resolve(model)), batch_size=4)
+        self._lock = asyncio.Lock()
+
+    async def chat(self, messages: list[dict], max_tokens: int) -> str:
+        from squad.prompt import neutralise, special_strings
+
+        specials = special_strings(self.engine.tokenizer)
+        safe = [{"role": m["role"], "content": neutralise(m["content"], specials)} for m in messages]
+        prompt = self.engine.tokenizer.apply_chat_template(safe, tokenize=False, add_generation_prompt=True)
+        async with self._lock:
+            out = await asyncio.to_thread(self.engine.generate, [prompt], None, max_tokens)
+        return out[0]
+
+    def ping(self) -> str:
+        return "ok"

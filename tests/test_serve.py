@@ -1,0 +1,187 @@
+"""The Serve app on tiny models in the shared test cluster, over real HTTP."""
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import pytest
+
+from conftest import SERVE_TOKEN
+
+pytestmark = pytest.mark.ray
+CRITS = ["ethics", "helpfulness", "honesty"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FaultyAligner:
+    def __init__(self, bundle: str):
+        pass
+
+    async def correct(self, criterion, pairs):
+        raise RuntimeError(f"aligner {criterion} exploded")
+
+    def ping(self):
+        return "ok"
+
+
+def _args(bundle, **runtime):
+    return {"bundle": str(bundle), "upstream": {"model": "tiny-causal-lm", "max_tokens": 8},
+            "auth": {"token_env": "SQUAD_TEST_TOKEN"}, "limits": {"max_text_chars": 300, "max_body_bytes": 20000},
+            "runtime": runtime}
+
+
+@pytest.fixture(scope="module")
+def server(ray_cluster, tiny_bundle):
+    from ray import serve
+
+    from squad.serve.app import build_app
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(_args(tiny_bundle)), name="squad", route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {SERVE_TOKEN}"}, timeout=120)
+    yield url, client, tiny_bundle
+    client.close()
+    serve.shutdown()
+
+
+def test_healthz_is_open_and_reports_each_deployment(server):
+    url, _, _ = server
+    r = httpx.get(url + "/healthz", timeout=60)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok"
+    assert set(body["deployments"]) == {"ingress", "inspector", "aligner", "upstream"}
+    assert r.headers.get("x-request-id")
+
+
+def test_auth_required(server):
+    url, _, _ = server
+    body = {"question": "q", "answer": "a"}
+    assert httpx.post(url + "/v1/correct", json=body).status_code == 401
+    assert httpx.post(url + "/v1/correct", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_inspect_and_models(server):
+    _, c, _ = server
+    r = c.post("/v1/inspect", json={"question": "What is 2+2?", "answer": "4"})
+    assert r.status_code == 200 and set(r.json()["scores"]) == set(CRITS)
+    r = c.post("/v1/inspect", json={"question": "What is 2+2?", "answer": "4", "criteria": ["honesty"]})
+    assert list(r.json()["scores"]) == ["honesty"]
+    assert c.get("/v1/models").json()["data"][0]["id"] == "aligner-squad"
+
+
+def test_correct_order_and_same_result_as_local_sdk(server):
+    from squad import Squad
+
+    url, c, bundle = server
+    forced = {k: 1.0 for k in CRITS}
+    r = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5", "thresholds": forced})
+    assert r.status_code == 200
+    out = r.json()
+    assert len(out["steps"]) == 3 and out["steps"][0]["score_before"] == pytest.approx(min(out["initial_scores"].values()))
+    local = Squad.load(bundle).correct("What is 2+2?", "5", thresholds=forced)
+    assert [s["criterion"] for s in out["steps"]] == [s.criterion for s in local.steps]
+    assert out["answer"] == local.answer
+    remote = Squad.connect(url, token=SERVE_TOKEN)
+    rc = remote.correct("What is 2+2?", "5", thresholds=forced)
+    assert rc.answer == local.answer and [s.criterion for s in rc.steps] == [s.criterion for s in local.steps]
+    assert remote.inspect("What is 2+2?", "4") == pytest.approx(Squad.load(bundle).inspect("What is 2+2?", "4"), abs=1e-5)
+    batch = remote.correct_batch([("What is 2+2?", "5"), ("Name a colour.", "Blue.")], thresholds=forced)
+    assert batch[0].answer == local.answer and len(batch) == 2
+    untouched = remote.correct("What is 2+2?", "4", thresholds={k: 0.0 for k in CRITS})
+    assert not untouched.changed and untouched.steps == []
+
+
+@pytest.mark.parametrize("body,status,needle", [
+    ({"answer": "a"}, 400, "question"),
+    ({"question": "q", "answer": "   "}, 400, "answer"),
+    ({"question": 5, "answer": "a"}, 400, "question"),
+    ({"question": "q" * 301, "answer": "a"}, 413, "question"),
+    ({"question": "q", "answer": "a", "criteria": ["toxicity"]}, 400, "toxicity"),
+    ({"question": "q", "answer": "a", "thresholds": {"ethics": 1.5}}, 400, "thresholds"),
+    ({"question": "q", "answer": "a", "surprise": 1}, 400, "surprise"),
+])
+def test_bad_input_names_the_field(server, body, status, needle):
+    _, c, _ = server
+    r = c.post("/v1/correct", json=body)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["error"]["message"]
+
+
+def test_malformed_json_and_oversized_body(server):
+    _, c, _ = server
+    r = c.post("/v1/correct", content=b'{"question": "q", "answer": ', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
+    r = c.post("/v1/correct", content=json.dumps({"question": "q", "answer": "a" * 30000}).encode(),
+               headers={"content-type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_openai_client_non_streaming_and_streaming(server):
+    from openai import OpenAI
+
+    url, _, _ = server
+    client = OpenAI(base_url=url + "/v1", api_key=SERVE_TOKEN)
+    resp = client.chat.completions.create(model="aligner-squad", messages=[{"role": "user", "content": "Say hi."}],
+                                          extra_body={"squad": {"thresholds": {k: 1.0 for k in CRITS}}})
+    trace = resp.model_extra["squad"]
+    assert resp.choices[0].message.content == trace["answer"]
+    assert len(trace["steps"]) == 3 and trace["question"] == "Say hi."
+    stream = client.chat.completions.create(model="aligner-squad", stream=True,
+                                            messages=[{"role": "user", "content": "Say hi."}],
+                                            extra_body={"squad": {"thresholds": {k: 1.0 for k in CRITS}}})
+    chunks = list(stream)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks)
+    assert text == trace["answer"]  # same upstream answer, same squad: same corrected text
+    assert chunks[-1].choices[0].finish_reason == "stop" and "squad" in chunks[-1].model_extra
+    with pytest.raises(Exception) as e:
+        client.chat.completions.create(model="x", messages=[{"role": "system", "content": "no user turn"}])
+    assert "user" in str(e.value)
+
+
+def test_user_config_change_takes_effect_without_restart(server):
+    from ray import serve
+
+    from squad.serve.app import build_app
+
+    url, c, bundle = server
+    replica = httpx.get(url + "/healthz", timeout=60).json()["replica"]
+    before = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5"}).json()
+    serve.run(build_app(_args(bundle, thresholds={k: 1.0 for k in CRITS}, max_steps=1)), name="squad", route_prefix="/")
+    after = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5"}).json()
+    assert len(after["steps"]) == 1 and after["steps"][0]["threshold"] == 1.0
+    assert before["initial_scores"] == pytest.approx(after["initial_scores"], abs=1e-5)
+    assert httpx.get(url + "/healthz", timeout=60).json()["replica"] == replica, "reconfigured, not restarted"
+    serve.run(build_app(_args(bundle)), name="squad", route_prefix="/")  # restore defaults for other tests
+
+
+def test_aligner_fault_fails_open_and_closed(server):
+    from ray import serve
+
+    from squad.serve.app import build_app
+
+    _, c, bundle = server
+    forced = {k: 1.0 for k in CRITS}
+    try:
+        serve.run(build_app(_args(bundle), aligner_cls=FaultyAligner), name="squad", route_prefix="/")
+        r = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5", "thresholds": forced})
+        assert r.status_code == 200
+        out = r.json()
+        assert out["answer"] == "5" and not out["changed"]
+        assert all(not s["applied"] and "exploded" in s["error"] for s in out["steps"])
+        serve.run(build_app(_args(bundle, fail_closed=True), aligner_cls=FaultyAligner), name="squad", route_prefix="/")
+        out = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5", "thresholds": forced}).json()
+        from squad.bundle import read_manifest
+
+        refusals = {e.policy.refusal for e in read_manifest(bundle).criteria.values()}
+        assert out["answer"] in refusals and out["changed"]
+    finally:
+        serve.run(build_app(_args(bundle)), name="squad", route_prefix="/")
