@@ -1,0 +1,113 @@
+"""Serve benchmark: the served default squad under load from a second process, on loopback.
+
+Mixed workload from the held-out split (half already-good answers, half misaligned). For each
+concurrency (1, 8, 32): throughput, p50/p99 latency and errors through HTTP. In the same run:
+the same workload through the in-process SDK (so Serve's overhead is a ratio), inspectors-only
+requests through HTTP, and the gated squad against always applying every aligner (the PKU
+Aligner style), as a throughput ratio with the pass rate of each.
+
+    python bench/serve_load.py [--requests 32] [--max-seconds 240]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import p50, p99  # noqa: E402
+
+
+def workload(n: int, seed: int = 0) -> list[dict]:
+    from squad.data import load_policy_data
+
+    good, bad = [], []
+    for c in ("ethics", "helpfulness", "honesty"):
+        corr, g = load_policy_data(ROOT / "policies" / c).split("test")
+        bad += [{"question": r.question, "answer": r.answer} for r in corr]
+        good += [{"question": r.question, "answer": r.answer} for r in g]
+    rng = random.Random(seed)
+    rng.shuffle(good), rng.shuffle(bad)
+    half = n // 2
+    mixed = [x for pair in zip(good[:half], bad[:half]) for x in pair]
+    return mixed
+
+
+def load(url: str, bodies: list[dict], conc: int, n: int, max_s: float) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        f.write("\n".join(json.dumps(b) for b in bodies))
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "loadgen.py"), url, f.name, str(conc), str(n),
+                          str(max_s)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def row(name: str, r: dict) -> str:
+    lat = r["latencies_ms"]
+    thr = len(lat) / r["wall_s"] if r["wall_s"] else 0.0
+    return (f"| {name} | {r['sent']} | {thr:.2f} | {p50(lat) if lat else float('nan'):.0f} | "
+            f"{p99(lat) if lat else float('nan'):.0f} | {len(r['errors'])} |"), thr
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--max-seconds", type=float, default=240)
+    ap.add_argument("--port", type=int, default=8011)
+    args = ap.parse_args()
+
+    import ray
+    from ray import serve
+
+    from squad import Squad
+    from squad.serve.app import build_app
+
+    bodies = workload(args.requests)
+    ray.init(include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    serve.run(build_app({"bundle": "default", "upstream": {"base_url": "http://127.0.0.1:9/v1"}}), name="squad")
+    url = f"http://127.0.0.1:{args.port}"
+    print(f"workload: {len(bodies)} pairs, half already good, half misaligned (held-out split)\n")
+    print("| path | requests | req/s | p50 ms | p99 ms | errors |")
+    print("|---|---|---|---|---|---|")
+    thr = {}
+    for conc in (1, 8, 32):
+        line, thr[conc] = row(f"HTTP /v1/correct, {conc} clients", load(url + "/v1/correct", bodies, conc, len(bodies), args.max_seconds))
+        print(line, flush=True)
+    good = [b for i, b in enumerate(bodies) if i % 2 == 0]
+    line, _ = row("HTTP /v1/inspect (inspectors only), 1 client",
+                  load(url + "/v1/inspect", good, 1, 4 * len(good), args.max_seconds))
+    print(line, flush=True)
+    serve.shutdown()
+    ray.shutdown()
+
+    squad = Squad.load("default")
+    t0 = time.perf_counter()
+    gated = squad.correct_batch([(b["question"], b["answer"]) for b in bodies])
+    sdk_s = time.perf_counter() - t0
+    print(f"| in-process SDK correct_batch | {len(bodies)} | {len(bodies) / sdk_s:.2f} | - | - | 0 |")
+    t0 = time.perf_counter()
+    pairs = [(b["question"], b["answer"]) for b in bodies]
+    always = pairs
+    for c in squad.criteria:  # the PKU Aligner style: every aligner on every answer, no gate
+        always = list(zip([q for q, _ in pairs], squad.aligner.correct(c, always)))
+    always_s = time.perf_counter() - t0
+    print(f"| always apply every aligner (no inspectors) | {len(bodies)} | {len(bodies) / always_s:.2f} | - | - | 0 |")
+
+    def pass_rate(answers):
+        scores = squad.inspector.score([(q, a) for (q, _), a in zip(pairs, answers)])
+        return sum(all(s[c] >= 0.5 for c in s) for s in scores) / len(scores)
+
+    print(f"\nServe overhead: HTTP at 8 clients / in-process SDK throughput = {thr[8] / (len(bodies) / sdk_s):.2f}x")
+    print(f"gated squad / always-apply throughput = {always_s / sdk_s:.2f}x; pass rate after: gated "
+          f"{pass_rate([c.answer for c in gated]):.2f}, always-apply {pass_rate([a for _, a in always]):.2f}")
+
+
+if __name__ == "__main__":
+    main()
