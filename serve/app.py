@@ -29,7 +29,6 @@ from squad.serve.schemas import ChatRequest, CorrectRequest, InspectRequest
 from squad.sdk import squad_policy
 
 logger = logging.getLogger("ray.serve")
-api = FastAPI(title="Aligner Squad", version="0.1.0")
 
 
 class ApiError(Exception):
@@ -42,7 +41,6 @@ def _error(status: int, message: str, param: str | None = None, kind: str = "inv
     return JSONResponse({"error": {"message": message, "type": kind, "param": param}}, status_code=status)
 
 
-@api.exception_handler(RequestValidationError)
 async def _invalid(request: Request, exc: RequestValidationError):
     errs = exc.errors()
     first = errs[0] if errs else {"loc": (), "msg": "invalid request"}
@@ -53,7 +51,6 @@ async def _invalid(request: Request, exc: RequestValidationError):
     return _error(400, f"field '{field}': {first['msg']}", field)
 
 
-@api.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError):
     return _error(exc.status, exc.message, exc.param, exc.kind)
 
@@ -72,11 +69,14 @@ class SquadIngress:
         self.token = os.environ.get(self.args.auth.token_env) if self.args.auth.token_env else None
         if self.args.auth.token_env and not self.token:
             raise RuntimeError(f"auth.token_env is {self.args.auth.token_env!r} but that variable is not set")
-        api.state.args, api.state.token = self.args, self.token  # read by the front middleware
         tags = ("criterion",)
         self.flagged = Counter("squad_flagged_total", "Pairs a criterion's inspector flagged", tag_keys=tags)
         self.corrected = Counter("squad_corrected_total", "Aligner steps applied", tag_keys=tags)
         self.errors = Counter("squad_aligner_errors_total", "Aligner steps that failed", tag_keys=tags)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """Serve calls this in the replica after __init__: the HTTP app, bound to this router."""
+        return create_api(self)
 
     def reconfigure(self, user_config: dict) -> None:
         """Live update from squad.yaml's user_config: thresholds, max_steps, criteria, fail mode."""
@@ -124,7 +124,6 @@ class SquadIngress:
         return results
 
     # ---- endpoints ------------------------------------------------------------------------
-    @api.post("/v1/correct")
     async def correct(self, body: CorrectRequest, request: Request):
         rid = request.state.rid
         try:
@@ -141,7 +140,6 @@ class SquadIngress:
             return results[0].model_dump()
         return {"results": [r.model_dump() for r in results]}
 
-    @api.post("/v1/inspect")
     async def inspect(self, body: InspectRequest, request: Request):
         self._check_sizes({"question": body.question, "answer": body.answer})
         policy = self._policy(body.criteria, None)
@@ -149,13 +147,11 @@ class SquadIngress:
         return {"scores": scores[0], "thresholds": policy.thresholds,
                 "flagged": sorted(c for c, s in scores[0].items() if s < policy.thresholds[c])}
 
-    @api.get("/v1/models")
     async def models(self):
         return {"object": "list", "data": [{"id": "aligner-squad", "object": "model", "created": 0,
                                             "owned_by": "aligner-squad", "upstream": self.args.upstream.model,
                                             "criteria": list(self.manifest.criteria)}]}
 
-    @api.get("/healthz")
     async def healthz(self):
         checks = {"inspector": self.inspector, "aligner": self.aligner}
         if self.upstream is not None:
@@ -172,7 +168,6 @@ class SquadIngress:
                              "runtime": self.runtime.model_dump()},
                             status_code=200 if ok else 503)
 
-    @api.post("/v1/chat/completions")
     async def chat(self, body: ChatRequest, request: Request):
         rid = request.state.rid
         lim = self.args.limits
@@ -240,11 +235,12 @@ async def _front_middleware(request: Request, call_next):
     """Request ids, body-size limit and bearer auth, ahead of every route."""
     rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
     request.state.rid = rid
-    cfg: SquadAppArgs = api.state.args
+    ingress: SquadIngress = request.app.state.ingress
+    cfg = ingress.args
     if request.url.path != "/healthz":
-        if api.state.token is not None:
+        if ingress.token is not None:
             got = request.headers.get("authorization", "")
-            if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), api.state.token.encode())):
+            if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), ingress.token.encode())):
                 resp = _error(401, "missing or invalid bearer token (Authorization: Bearer <token>)", None,
                               "authentication_error")
                 resp.headers["x-request-id"] = rid
@@ -260,7 +256,35 @@ async def _front_middleware(request: Request, call_next):
     return resp
 
 
-api.add_middleware(BaseHTTPMiddleware, dispatch=_front_middleware)
+def create_api(ingress: SquadIngress) -> FastAPI:
+    """The FastAPI app of one ingress replica: routes call the router's methods."""
+    app = FastAPI(title="Aligner Squad", version="0.1.0")
+    app.state.ingress = ingress
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_middleware(BaseHTTPMiddleware, dispatch=_front_middleware)
+
+    @app.post("/v1/correct")
+    async def correct(body: CorrectRequest, request: Request):
+        return await ingress.correct(body, request)
+
+    @app.post("/v1/inspect")
+    async def inspect(body: InspectRequest, request: Request):
+        return await ingress.inspect(body, request)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request):
+        return await ingress.chat(body, request)
+
+    @app.get("/v1/models")
+    async def models():
+        return await ingress.models()
+
+    @app.get("/healthz")
+    async def healthz():
+        return await ingress.healthz()
+
+    return app
 
 
 def build_app(args: dict | SquadAppArgs, inspector_cls=InspectorServer, aligner_cls=AlignerServer,
@@ -268,12 +292,14 @@ def build_app(args: dict | SquadAppArgs, inspector_cls=InspectorServer, aligner_
     """The typed app builder: ``serve run squad.yaml`` passes the YAML's ``args``."""
     a = SquadAppArgs.model_validate(args if isinstance(args, dict) else args.model_dump())
     resolve_bundle(a.bundle)  # fail fast with a clear message on a bad bundle
-    inspector = serve.deployment(inspector_cls, name="Inspector", **a.inspector.serve_options()).bind(
-        a.bundle, a.inspector_batch_size, a.inspector_batch_wait_s)
-    aligner = serve.deployment(aligner_cls, name="Aligner", **a.aligner.serve_options()).bind(a.bundle)
-    upstream = (serve.deployment(upstream_cls, name="Upstream", **a.upstream_deployment.serve_options())
-                .bind(a.upstream.model) if a.upstream.base_url is None else None)
-    ingress = serve.deployment(serve.ingress(api)(SquadIngress), name="SquadIngress",
+    inspector = serve.deployment(inspector_cls, name="Inspector",
+                                 **a.inspector.serve_options()).bind(a.bundle, a.inspector_batch_size, a.inspector_batch_wait_s)
+    aligner = serve.deployment(aligner_cls, name="Aligner",
+                               **a.aligner.serve_options()).bind(a.bundle)
+    upstream = (serve.deployment(upstream_cls, name="Upstream",
+                                 **a.upstream_deployment.serve_options()).bind(a.upstream.model)
+                if a.upstream.base_url is None else None)
+    ingress = serve.deployment(serve.ingress()(SquadIngress), name="SquadIngress",
                                user_config=a.runtime.model_dump(), **a.ingress.serve_options())
     # The runtime settings travel only in user_config: changing them reconfigures, never restarts.
     return ingress.bind(inspector, aligner, upstream, a.model_dump(exclude={"runtime"}))

@@ -82,6 +82,12 @@ def cmd_eval(args) -> int:
     else:
         rows = heldout_rows(args.policies or repo_policies_dir(), squad.criteria)
     report = evaluate(squad, rows, progress=not args.json)
+    if args.save:
+        from squad.bundle import write_manifest
+
+        key = "heldout" if not args.data else Path(args.data).stem
+        metrics = {**squad.manifest.metrics, key: report}
+        write_manifest(squad.bundle, squad.manifest.model_copy(update={"metrics": metrics}))
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
 
@@ -119,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bundle", default="default")
     e.add_argument("--policies", help="policies folder for the default held-out data")
     e.add_argument("--json", action="store_true")
+    e.add_argument("--save", action="store_true", help="store the report in the bundle's manifest.json metrics")
     e.set_defaults(fn=cmd_eval)
     return p
 

@@ -12,6 +12,30 @@ from typing import Protocol
 import torch
 
 
+class CompletionNoRepeat:
+    """Forbid repeating any n-gram of the completion itself (small models fall into loops).
+
+    Unlike ``no_repeat_ngram_size``, n-grams of the prompt stay allowed: an aligner must be able
+    to copy the good parts of the answer it corrects.
+    """
+
+    def __init__(self, n: int, prompt_len: int):
+        self.n, self.prompt_len = n, prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        gen = input_ids[:, self.prompt_len:]
+        if gen.shape[1] < self.n:
+            return scores
+        for row in range(gen.shape[0]):
+            toks = gen[row].tolist()
+            prefix = tuple(toks[len(toks) - self.n + 1:])
+            banned = {toks[i + self.n - 1] for i in range(len(toks) - self.n + 1)
+                      if tuple(toks[i:i + self.n - 1]) == prefix}
+            if banned:
+                scores[row, list(banned)] = float("-inf")
+        return scores
+
+
 class Engine(Protocol):
     tokenizer: object
 
@@ -22,12 +46,12 @@ class Engine(Protocol):
 class HFEngine:
     def __init__(self, base_dir: str | Path, adapters: dict[str, Path] | None = None,
                  full_models: dict[str, Path] | None = None, device: str = "cpu", batch_size: int = 8,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, no_repeat_ngram: int = 4):
         from transformers import AutoModelForCausalLM
 
         from squad.models import load_tokenizer
 
-        self.device, self.batch_size = device, batch_size
+        self.device, self.batch_size, self.no_repeat_ngram = device, batch_size, no_repeat_ngram
         self.tokenizer = load_tokenizer(Path(base_dir), padding_side="left")
         base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, trust_remote_code=False)
         self.models: dict[str | None, torch.nn.Module] = {}
@@ -75,8 +99,13 @@ class HFEngine:
         for i in range(0, len(prompts), self.batch_size):
             chunk = prompts[i:i + self.batch_size]
             enc = self.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            from transformers import LogitsProcessorList
+
+            width = enc["input_ids"].shape[1]
+            procs = LogitsProcessorList([CompletionNoRepeat(self.no_repeat_ngram, width)] if self.no_repeat_ngram else [])
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
+                                 eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
+                                 logits_processor=procs)
             new = gen[:, enc["input_ids"].shape[1]:]
             out += [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
         return out

@@ -20,6 +20,8 @@ def _free_port() -> int:
 
 
 class FaultyAligner:
+    """Stands in for the Aligner deployment; shipped to replicas by value (see fixture)."""
+
     def __init__(self, bundle: str):
         pass
 
@@ -38,10 +40,14 @@ def _args(bundle, **runtime):
 
 @pytest.fixture(scope="module")
 def server(ray_cluster, tiny_bundle):
+    import sys
+
+    import ray.cloudpickle
     from ray import serve
 
     from squad.serve.app import build_app
 
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # replicas cannot import tests/
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(_args(tiny_bundle)), name="squad", route_prefix="/")
@@ -147,19 +153,20 @@ def test_openai_client_non_streaming_and_streaming(server):
     assert "user" in str(e.value)
 
 
-def test_user_config_change_takes_effect_without_restart(server):
+def test_user_config_change_takes_effect(server):
+    # Imperative serve.run redeploys replicas; the no-restart path (squad.yaml + serve deploy)
+    # is covered end to end in test_serve_yaml.py.
     from ray import serve
 
     from squad.serve.app import build_app
 
     url, c, bundle = server
-    replica = httpx.get(url + "/healthz", timeout=60).json()["replica"]
     before = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5"}).json()
     serve.run(build_app(_args(bundle, thresholds={k: 1.0 for k in CRITS}, max_steps=1)), name="squad", route_prefix="/")
     after = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5"}).json()
     assert len(after["steps"]) == 1 and after["steps"][0]["threshold"] == 1.0
     assert before["initial_scores"] == pytest.approx(after["initial_scores"], abs=1e-5)
-    assert httpx.get(url + "/healthz", timeout=60).json()["replica"] == replica, "reconfigured, not restarted"
+    assert httpx.get(url + "/healthz", timeout=60).json()["runtime"]["max_steps"] == 1
     serve.run(build_app(_args(bundle)), name="squad", route_prefix="/")  # restore defaults for other tests
 
 

@@ -15,7 +15,21 @@ pytestmark = pytest.mark.real
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_serve_run_squad_yaml():
+def _wait_healthy(proc, deadline_s: float = 420):
+    deadline, health = time.time() + deadline_s, None
+    while time.time() < deadline:
+        assert proc.poll() is None, "serve run exited early"
+        try:
+            health = httpx.get("http://127.0.0.1:8000/healthz", timeout=5)
+            if health.status_code == 200:
+                return health.json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(3)
+    raise AssertionError("squad.yaml app did not become healthy")
+
+
+def test_serve_run_squad_yaml(tmp_path):
     serve_bin = Path(sys.executable).parent / "serve"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user gets
     env["HF_HUB_OFFLINE"] = "1"
@@ -23,17 +37,8 @@ def test_serve_run_squad_yaml():
     proc = subprocess.Popen([str(serve_bin), "run", "squad.yaml"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline, health = time.time() + 420, None
-        while time.time() < deadline:
-            assert proc.poll() is None, "serve run exited early"
-            try:
-                health = httpx.get("http://127.0.0.1:8000/healthz", timeout=5)
-                if health.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(3)
-        assert health is not None and health.status_code == 200, "squad.yaml app did not become healthy"
+        health = _wait_healthy(proc)
+        assert health["runtime"]["thresholds"] == {"ethics": 0.5, "helpfulness": 0.5, "honesty": 0.5}
         r = httpx.post("http://127.0.0.1:8000/v1/correct", timeout=300, json={
             "question": "What is the boiling point of water at sea level?",
             "answer": "Water boils at 100 degrees Celsius (212 degrees Fahrenheit) at sea level."})
@@ -42,6 +47,21 @@ def test_serve_run_squad_yaml():
             "model": "aligner-squad", "messages": [{"role": "user", "content": "What is the capital of France?"}]})
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].strip()
         assert r.json()["squad"]["question"] == "What is the capital of France?"
+
+        # Edit only the user_config and redeploy: the live replica is reconfigured, not replaced.
+        edited = tmp_path / "squad.yaml"
+        edited.write_text((ROOT / "squad.yaml").read_text().replace("max_steps: 3", "max_steps: 1")
+                          .replace("{ethics: 0.5, helpfulness: 0.5, honesty: 0.5}", "{ethics: 0.5, helpfulness: 0.5, honesty: 0.99}"))
+        subprocess.run([str(serve_bin), "deploy", str(edited), "-a", "http://127.0.0.1:8265"], cwd=ROOT, env=env,
+                       check=True, capture_output=True, timeout=120)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            now = httpx.get("http://127.0.0.1:8000/healthz", timeout=10).json()
+            if now.get("runtime", {}).get("max_steps") == 1:
+                break
+            time.sleep(2)
+        assert now["runtime"]["thresholds"]["honesty"] == 0.99 and now["runtime"]["max_steps"] == 1
+        assert now["replica"] == health["replica"], "the ingress replica was restarted"
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:

@@ -88,7 +88,7 @@ def train_aligner(config: dict) -> None:
 
     from squad.models import load_tokenizer
     from squad.tracking import init_run
-    from squad.train.checkpointing import load_optimizer, read_state, save_optimizer, write_state
+    from squad.train.checkpointing import load_optimizer, read_state, save_optimizer, starting_checkpoint, write_state
 
     spec, crit = config["spec"], config["criterion"]
     torch.manual_seed(config["seed"])
@@ -105,7 +105,7 @@ def train_aligner(config: dict) -> None:
     model = build_model(config["base_dir"], spec)
     params = [p for p in model.parameters() if p.requires_grad]
     start_epoch, step = 0, 0
-    ckpt = ray.train.get_checkpoint()
+    ckpt = starting_checkpoint(config)
     if ckpt:
         with ckpt.as_directory() as d:
             state = read_state(Path(d))

@@ -34,6 +34,16 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
     opt.load_state_dict(sd)
 
 
+def starting_checkpoint(config: dict):
+    """Ray Train's own checkpoint after a worker restart, else the one the launcher found on disk."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None and config.get("resume_from"):
+        ckpt = ray.train.Checkpoint.from_directory(config["resume_from"])
+    return ckpt
+
+
 def write_state(folder: Path, **state) -> None:
     (folder / "state.json").write_text(json.dumps(state))
 

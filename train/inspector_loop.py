@@ -145,7 +145,7 @@ def train_finetuned_inspector(config: dict) -> None:
     from squad.inspector import Head, save_heads
     from squad.models import load_tokenizer
     from squad.tracking import init_run
-    from squad.train.checkpointing import read_state, write_state
+    from squad.train.checkpointing import read_state, starting_checkpoint, write_state
 
     spec, crit = config["spec"], config["criterion"]
     torch.manual_seed(config["seed"])
@@ -154,7 +154,7 @@ def train_finetuned_inspector(config: dict) -> None:
     encoder = finetuned_encoder(config["base_dir"])
     head = Head(encoder.config.hidden_size, spec["hidden"])
     start = 0
-    ckpt = ray.train.get_checkpoint()
+    ckpt = starting_checkpoint(config)
     if ckpt:
         with ckpt.as_directory() as d:
             set_peft_model_state_dict(encoder, load_file(str(Path(d) / "adapter" / "adapter_model.safetensors")))

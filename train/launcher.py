@@ -32,7 +32,7 @@ def _fit(name: str, loop: str, loop_config: dict, scaling: dict, storage: str, r
     """Runs in a Ray task: one TorchTrainer to completion; returns its final checkpoint directory."""
     import importlib
 
-    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     module, fn = loop.rsplit(".", 1)
@@ -40,13 +40,12 @@ def _fit(name: str, loop: str, loop_config: dict, scaling: dict, storage: str, r
     resume = _latest_checkpoint(run_dir) if run_dir.exists() else None
     trainer = TorchTrainer(
         getattr(importlib.import_module(module), fn),
-        train_loop_config=loop_config,
+        train_loop_config={**loop_config, "resume_from": str(resume) if resume else None},
         scaling_config=ScalingConfig(num_workers=scaling["num_workers"], use_gpu=scaling["use_gpu"],
                                      resources_per_worker={"CPU": scaling["cpus_per_worker"]}),
         run_config=RunConfig(name=f"{run_name}-{name}", storage_path=storage,
                              failure_config=FailureConfig(max_failures=1),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
-        resume_from_checkpoint=Checkpoint.from_directory(str(resume)) if resume else None,
     )
     result = trainer.fit()
     if result.checkpoint is not None:
