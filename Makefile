@@ -31,8 +31,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not real" tests
 
+# Benchmarks print figures and ratios measured in one run (this machine is shared and noisy).
 bench: $(STAMP)
 	$(BIN)/python bench/latency_good.py
+	$(BIN)/python bench/serve_load.py
 
 # The inspector design comparison (trains design B: about 10-15 minutes here).
 bench-designs: $(STAMP)

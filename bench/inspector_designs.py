@@ -1,6 +1,8 @@
 """Inspector designs on the held-out split: AUROC and latency, measured in one run.
 
-A: shared frozen MiniLM encoder, one MLP head per criterion (one encoder pass for all criteria).
+A: shared frozen MiniLM encoder, one MLP head per criterion (one encoder pass for all criteria),
+   with the heads reading the joint pair embedding only, or (A+) the joint embedding plus question
+   and answer embedded alone and their product (a second, batched encoder pass).
 B: the IBM paper's choice, an encoder fine-tuned per criterion (LoRA adapter + head per criterion;
    one encoder pass per criterion).
 Both are trained here on the train split with the same functions the Ray Train loops use, then
@@ -52,21 +54,23 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        # A: shared frozen encoder + heads.
+        # A: shared frozen encoder + heads, for each head input.
         enc = AutoModel.from_pretrained(base).eval()
-        heads = {}
-        for k, c in enumerate(crits):
-            x = embed_pairs(enc, tok, [(r["question"], r["answer"]) for r in train[c]], spec["max_length"])
-            heads[c], _ = fit_head(x, torch.tensor([float(r["label"]) for r in train[c]]), spec["hidden"],
-                                   spec["epochs"], spec["lr"], spec["weight_decay"], k)
-        a = Inspector(base, heads, kind="shared")
+        shared = {}
+        for features in ("joint", "pair"):
+            heads = {}
+            for k, c in enumerate(crits):
+                x = embed_pairs(enc, tok, [(r["question"], r["answer"]) for r in train[c]], spec["max_length"], features)
+                heads[c], _ = fit_head(x, torch.tensor([float(r["label"]) for r in train[c]]), spec["hidden"],
+                                       spec["epochs"], spec["lr"], spec["weight_decay"], k)
+            shared[features] = Inspector(base, heads, kind="shared", features=features)
         # B: fine-tuned encoder per criterion.
         adapters, bheads = {}, {}
         for k, c in enumerate(crits):
             torch.manual_seed(k)
             e = finetuned_encoder(str(base))
             h = Head(e.config.hidden_size, spec["hidden"])
-            fit_finetuned(e, h, tok, train[c], spec, k, desc=f"design B {c}")
+            fit_finetuned(e, h, tok, train[c], {**spec, "features": "joint"}, k, desc=f"design B {c}")
             e.save_pretrained(tmp / c, safe_serialization=True)
             adapters[c], bheads[c] = tmp / c, h
         save_heads(bheads, tmp / "heads.safetensors")
@@ -75,15 +79,19 @@ def main() -> None:
         print("| design | " + " | ".join(f"AUROC {c}" for c in crits) + " | p50 ms, 1 pair x 3 criteria |")
         print("|---|" + "---|" * (len(crits) + 1))
         lat = {}
-        for name, insp in (("A shared frozen encoder + heads", a), ("B fine-tuned encoder per criterion", b)):
+        designs = (("A shared frozen encoder, joint pair embedding", shared["joint"]),
+                   ("A+ shared frozen encoder, joint + question + answer", shared["pair"]),
+                   ("B fine-tuned encoder per criterion (joint)", b))
+        for name, insp in designs:
             aucs = []
             for c in crits:
                 s = insp.score([(r.question, r.answer) for r in test[c]], [c])
                 aucs.append(auroc([r.label for r in test[c]], [x[c] for x in s]))
             lat[name] = p50(timed(lambda: insp.score([pair]), args.calls))
             print(f"| {name} | " + " | ".join(f"{x:.3f}" for x in aucs) + f" | {lat[name]:.1f} |")
-        names = list(lat)
-        print(f"\nlatency ratio B/A: {lat[names[1]] / lat[names[0]]:.2f}x (same run, {args.threads} threads)")
+        a, a_plus, b_name = list(lat)
+        print(f"\nlatency ratios (same run, {args.threads} threads): A+/A {lat[a_plus] / lat[a]:.2f}x, "
+              f"B/A {lat[b_name] / lat[a]:.2f}x, B/A+ {lat[b_name] / lat[a_plus]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -71,18 +71,25 @@ def main() -> None:
     bodies = workload(args.requests)
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    serve.run(build_app({"bundle": "default", "upstream": {"base_url": "http://127.0.0.1:9/v1"}}), name="squad")
     url = f"http://127.0.0.1:{args.port}"
     print(f"workload: {len(bodies)} pairs, half already good, half misaligned (held-out split)\n")
     print("| path | requests | req/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|")
     thr = {}
+    no_upstream = {"base_url": "http://127.0.0.1:9/v1"}  # the chat proxy is not exercised here
+    serve.run(build_app({"bundle": "default", "upstream": no_upstream}), name="squad")
     for conc in (1, 8, 32):
         line, thr[conc] = row(f"HTTP /v1/correct, {conc} clients", load(url + "/v1/correct", bodies, conc, len(bodies), args.max_seconds))
         print(line, flush=True)
     good = [b for i, b in enumerate(bodies) if i % 2 == 0]
     line, _ = row("HTTP /v1/inspect (inspectors only), 1 client",
                   load(url + "/v1/inspect", good, 1, 4 * len(good), args.max_seconds))
+    print(line, flush=True)
+    serve.delete("squad")
+    serve.run(build_app({"bundle": "default", "upstream": no_upstream, "aligner_layout": "per_criterion",
+                         "aligner": {"num_cpus": 0.4}}), name="squad")
+    line, thr["per_criterion"] = row("HTTP /v1/correct, 8 clients, one Aligner deployment per criterion",
+                                     load(url + "/v1/correct", bodies, 8, len(bodies), args.max_seconds))
     print(line, flush=True)
     serve.shutdown()
     ray.shutdown()
@@ -104,7 +111,8 @@ def main() -> None:
         scores = squad.inspector.score([(q, a) for (q, _), a in zip(pairs, answers)])
         return sum(all(s[c] >= 0.5 for c in s) for s in scores) / len(scores)
 
-    print(f"\nServe overhead: HTTP at 8 clients / in-process SDK throughput = {thr[8] / (len(bodies) / sdk_s):.2f}x")
+    print(f"\naligner layout at 8 clients: per-criterion / multiplexed throughput = {thr['per_criterion'] / thr[8]:.2f}x")
+    print(f"Serve overhead: HTTP at 8 clients / in-process SDK throughput = {thr[8] / (len(bodies) / sdk_s):.2f}x")
     print(f"gated squad / always-apply throughput = {always_s / sdk_s:.2f}x; pass rate after: gated "
           f"{pass_rate([c.answer for c in gated]):.2f}, always-apply {pass_rate([a for _, a in always]):.2f}")
 

@@ -58,13 +58,14 @@ async def _api_error(request: Request, exc: ApiError):
 class SquadIngress:
     """Router and HTTP front: validation, auth, limits, the squad loop, the OpenAI proxy."""
 
-    def __init__(self, inspector: DeploymentHandle, aligner: DeploymentHandle, upstream: DeploymentHandle | None,
-                 args: dict):
+    def __init__(self, inspector: DeploymentHandle, aligners: dict[str, DeploymentHandle],
+                 upstream: DeploymentHandle | None, args: dict):
         from ray.serve.metrics import Counter
 
         self.args = SquadAppArgs.model_validate(args)
         self.manifest = read_manifest(resolve_bundle(self.args.bundle))
-        self.inspector, self.aligner, self.upstream = inspector, aligner, upstream
+        # criterion -> handle: the same multiplexed deployment for every criterion, or one each.
+        self.inspector, self.aligners, self.upstream = inspector, aligners, upstream
         self.runtime = self.args.runtime
         self.token = os.environ.get(self.args.auth.token_env) if self.args.auth.token_env else None
         if self.args.auth.token_env and not self.token:
@@ -108,7 +109,12 @@ class SquadIngress:
             return self.inspector.score.remote(ps, crits).result(timeout_s=timeout)
 
         def align(crit, ps):
-            return self.aligner.correct.remote(crit, ps).result(timeout_s=timeout)
+            resp = self.aligners[crit].correct.remote(crit, ps)
+            try:
+                return resp.result(timeout_s=timeout)
+            except Exception:
+                resp.cancel()  # a timed-out aligner call must not keep the replica busy
+                raise
 
         results = await asyncio.to_thread(run_squad, pairs, inspect, align, policy)
         for c in results:
@@ -153,7 +159,11 @@ class SquadIngress:
                                             "criteria": list(self.manifest.criteria)}]}
 
     async def healthz(self):
-        checks = {"inspector": self.inspector, "aligner": self.aligner}
+        checks = {"inspector": self.inspector}
+        if len({h.deployment_name for h in self.aligners.values()}) == 1:
+            checks["aligner"] = next(iter(self.aligners.values()))
+        else:
+            checks.update({f"aligner-{c}": h for c, h in self.aligners.items()})
         if self.upstream is not None:
             checks["upstream"] = self.upstream
         status: dict[str, str] = {"ingress": "ok"}
@@ -287,19 +297,30 @@ def create_api(ingress: SquadIngress) -> FastAPI:
     return app
 
 
-def build_app(args: dict | SquadAppArgs, inspector_cls=InspectorServer, aligner_cls=AlignerServer,
-              upstream_cls=UpstreamServer):
-    """The typed app builder: ``serve run squad.yaml`` passes the YAML's ``args``."""
+def build_app(args: dict):
+    """The typed app builder: ``serve run squad.yaml`` passes the YAML's ``args`` (one dict)."""
+    return build_graph(args)
+
+
+def build_graph(args: dict | SquadAppArgs, inspector_cls=InspectorServer, aligner_cls=AlignerServer,
+                upstream_cls=UpstreamServer):
+    """The deployment graph; the server classes can be swapped (tests inject faulty ones)."""
     a = SquadAppArgs.model_validate(args if isinstance(args, dict) else args.model_dump())
     resolve_bundle(a.bundle)  # fail fast with a clear message on a bad bundle
     inspector = serve.deployment(inspector_cls, name="Inspector",
                                  **a.inspector.serve_options()).bind(a.bundle, a.inspector_batch_size, a.inspector_batch_wait_s)
-    aligner = serve.deployment(aligner_cls, name="Aligner",
-                               **a.aligner.serve_options()).bind(a.bundle)
+    criteria = list(read_manifest(resolve_bundle(a.bundle)).criteria)
+    if a.aligner_layout == "multiplexed":
+        shared = serve.deployment(aligner_cls, name="Aligner", **a.aligner.serve_options()).bind(
+            a.bundle, None, a.aligner_batch_size, a.aligner_batch_wait_s)
+        aligners = {c: shared for c in criteria}
+    else:
+        aligners = {c: serve.deployment(aligner_cls, name=f"Aligner-{c}", **a.aligner.serve_options()).bind(
+            a.bundle, [c], a.aligner_batch_size, a.aligner_batch_wait_s) for c in criteria}
     upstream = (serve.deployment(upstream_cls, name="Upstream",
                                  **a.upstream_deployment.serve_options()).bind(a.upstream.model)
                 if a.upstream.base_url is None else None)
     ingress = serve.deployment(serve.ingress()(SquadIngress), name="SquadIngress",
                                user_config=a.runtime.model_dump(), **a.ingress.serve_options())
     # The runtime settings travel only in user_config: changing them reconfigures, never restarts.
-    return ingress.bind(inspector, aligner, upstream, a.model_dump(exclude={"runtime"}))
+    return ingress.bind(inspector, aligners, upstream, a.model_dump(exclude={"runtime"}))

@@ -78,5 +78,9 @@ class SquadAppArgs(_Strict):
     inspector: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.5))
     aligner: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.5, max_ongoing_requests=16))
     upstream_deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.25, max_ongoing_requests=16))
+    aligner_layout: Literal["multiplexed", "per_criterion"] = Field(
+        "multiplexed", description="One Aligner deployment holding every adapter, or one deployment per criterion.")
     inspector_batch_size: int = Field(32, ge=1)
+    aligner_batch_size: int = Field(8, ge=1, description="Pairs from concurrent requests generated together.")
+    aligner_batch_wait_s: float = Field(0.02, ge=0)
     inspector_batch_wait_s: float = Field(0.005, ge=0)

@@ -2,7 +2,9 @@
 
 - ``InspectorServer``: the bundle's shared-encoder inspector; concurrent requests are batched
   with ``@serve.batch`` into one encoder pass.
-- ``AlignerServer``: one base model with every criterion's LoRA adapter (multiplexed by criterion).
+- ``AlignerServer``: one base model with every criterion's LoRA adapter (multiplexed by criterion),
+  or with one criterion's adapter; pairs from concurrent requests are batched with ``@serve.batch``
+  and generated together, one generate call per criterion in the batch.
 - ``UpstreamServer``: the in-app upstream LLM (the embedded SmolLM2) for /v1/chat/completions.
 """
 from __future__ import annotations
@@ -37,17 +39,36 @@ class InspectorServer:
 
 
 class AlignerServer:
-    def __init__(self, bundle: str):
+    def __init__(self, bundle: str, criteria: list[str] | None = None, batch_size: int = 8,
+                 batch_wait_s: float = 0.02):
         from squad.bundle import read_manifest, resolve_bundle
         from squad.sdk import load_aligner
 
         path = resolve_bundle(bundle)
-        self.aligner = load_aligner(path, read_manifest(path))
-        self._lock = asyncio.Lock()  # one generate at a time: adapters are switched per call
+        manifest = read_manifest(path)
+        self.criteria = list(criteria or manifest.criteria)
+        self.aligner = load_aligner(path, manifest, criteria=self.criteria)
+        self._correct_batch.set_max_batch_size(batch_size)
+        self._correct_batch.set_batch_wait_timeout_s(batch_wait_s)
+
+    # One batch at a time (serve.batch's default): adapters are switched per generate call.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def _correct_batch(self, items: list[tuple[str, str, str]]) -> list[str]:
+        by_criterion: dict[str, list[int]] = {}
+        for i, (criterion, _, _) in enumerate(items):
+            by_criterion.setdefault(criterion, []).append(i)
+        out = [""] * len(items)
+        for criterion, idx in by_criterion.items():
+            texts = await asyncio.to_thread(self.aligner.correct, criterion, [items[i][1:] for i in idx])
+            for i, t in zip(idx, texts):
+                out[i] = t
+        return out
 
     async def correct(self, criterion: str, pairs: list[tuple[str, str]]) -> list[str]:
-        async with self._lock:
-            return await asyncio.to_thread(self.aligner.correct, criterion, [tuple(p) for p in pairs])
+        """Corrections under ``criterion``; pairs from concurrent requests share generate calls."""
+        if criterion not in self.criteria:  # checked here so one bad call cannot fail a shared batch
+            raise KeyError(f"this aligner serves {self.criteria}, not {criterion!r}")
+        return list(await asyncio.gather(*(self._correct_batch((criterion, q, a)) for q, a in pairs)))
 
     def ping(self) -> str:
         return "ok"

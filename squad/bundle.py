@@ -34,9 +34,10 @@ class InspectorSpec(BaseModel):
     base: str = Field(description="Registry name or model directory of the encoder.")
     kind: Literal["shared", "finetuned"] = "shared"
     heads: str = Field("inspector/heads.safetensors", description="Heads file, relative to the bundle.")
-    dim: int = 384
+    dim: int = Field(384, description="Head input width (encoder width x 4 for 'pair' features).")
     hidden: int = 256
     max_length: int = 256
+    features: Literal["joint", "pair"] = Field("joint", description="What the heads read; see squad.inspector.")
 
 
 class CriterionEntry(BaseModel):

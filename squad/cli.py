@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.add_argument("--save", action="store_true", help="store the report in the bundle's manifest.json metrics")
     e.set_defaults(fn=cmd_eval)
+
+    from squad import cli_data
+
+    cli_data.register(sub)
     return p
 
 

@@ -5,6 +5,11 @@ Two designs, one API (``Inspector.score``):
   embedding, so every criterion costs one encoder pass in all.
 - ``finetuned``: the IBM paper's choice, an encoder fine-tuned per criterion (here a LoRA adapter
   per criterion on one base) with its own head: one encoder pass per criterion.
+
+What a head reads (``features``): ``joint`` is the pooled embedding of question and answer encoded
+together; ``pair`` adds the question and the answer embedded alone and their product, so a head
+sees both how the answer reads and how it relates to the question (better held-out AUROC, and short
+factual answers stop looking like confident falsehoods; see the README's inspector table).
 """
 from __future__ import annotations
 
@@ -38,17 +43,42 @@ def encode_batch(tokenizer, pairs: list[tuple[str, str]], max_length: int, devic
                      return_tensors="pt").to(device)
 
 
+FEATURES = ("joint", "pair")
+
+
+def feature_dim(dim: int, features: str) -> int:
+    return dim * (4 if features == "pair" else 1)
+
+
+def pair_features(embed, tokenizer, pairs: list[tuple[str, str]], max_length: int, features: str,
+                  device: str = "cpu") -> torch.Tensor:
+    """Head input for a batch of pairs. ``embed(encoded) -> pooled`` is the encoder pass."""
+    joint = embed(encode_batch(tokenizer, pairs, max_length, device))
+    if features == "joint":
+        return joint
+    if features != "pair":
+        raise ValueError(f"inspector features must be one of {FEATURES}, got {features!r}")
+    texts = [q for q, _ in pairs] + [a for _, a in pairs]  # one encoder pass for both sides
+    alone = embed(tokenizer(texts, truncation=True, max_length=max_length, padding=True,
+                            return_tensors="pt").to(device))
+    q, a = alone[:len(pairs)], alone[len(pairs):]
+    return torch.cat([joint, q, a, q * a], dim=-1)
+
+
 class Inspector:
     def __init__(self, encoder_dir: str | Path, heads: dict[str, Head], kind: str = "shared",
                  adapters: dict[str, Path] | None = None, max_length: int = 256, batch_size: int = 32,
-                 device: str = "cpu"):
+                 device: str = "cpu", features: str = "joint"):
         from transformers import AutoModel
 
         from squad.models import load_tokenizer
 
         if kind not in ("shared", "finetuned"):
             raise ValueError(f"inspector kind must be 'shared' or 'finetuned', got {kind!r}")
+        if features not in FEATURES:
+            raise ValueError(f"inspector features must be one of {FEATURES}, got {features!r}")
         self.kind, self.max_length, self.batch_size, self.device = kind, max_length, batch_size, device
+        self.features = features
         self.tokenizer = load_tokenizer(Path(encoder_dir))
         encoder = AutoModel.from_pretrained(encoder_dir, trust_remote_code=False)
         if kind == "finetuned":
@@ -68,11 +98,14 @@ class Inspector:
     def criteria(self) -> list[str]:
         return list(self.heads)
 
-    def _embed(self, enc, adapter: str | None = None) -> torch.Tensor:
+    def _features(self, pairs: list[tuple[str, str]], adapter: str | None = None) -> torch.Tensor:
         if adapter is not None:
             self.encoder.set_adapter(adapter)
-        out = self.encoder(**enc)
-        return mean_pool(out.last_hidden_state, enc["attention_mask"])
+
+        def embed(enc):
+            return mean_pool(self.encoder(**enc).last_hidden_state, enc["attention_mask"])
+
+        return pair_features(embed, self.tokenizer, pairs, self.max_length, self.features, self.device)
 
     @torch.inference_mode()
     def score(self, pairs: list[tuple[str, str]], criteria: list[str] | None = None) -> list[dict[str, float]]:
@@ -83,16 +116,16 @@ class Inspector:
             raise KeyError(f"no inspector for criteria {unknown}; known: {self.criteria}")
         results: list[dict[str, float]] = []
         for i in range(0, len(pairs), self.batch_size):
-            enc = encode_batch(self.tokenizer, pairs[i:i + self.batch_size], self.max_length, self.device)
+            chunk = pairs[i:i + self.batch_size]
             probs: dict[str, torch.Tensor] = {}
             if self.kind == "shared":
-                emb = self._embed(enc)
+                x = self._features(chunk)
                 for c in crits:
-                    probs[c] = torch.sigmoid(self.heads[c](emb))
+                    probs[c] = torch.sigmoid(self.heads[c](x))
             else:
                 for c in crits:
-                    probs[c] = torch.sigmoid(self.heads[c](self._embed(enc, adapter=c)))
-            for j in range(enc["input_ids"].shape[0]):
+                    probs[c] = torch.sigmoid(self.heads[c](self._features(chunk, adapter=c)))
+            for j in range(len(chunk)):
                 results.append({c: float(probs[c][j]) for c in crits})
         return results
 

@@ -20,14 +20,15 @@ def load_inspector(bundle: Path, manifest: Manifest, device: str = "cpu") -> Ins
     adapters = ({c: bundle / e.inspector_adapter for c, e in manifest.criteria.items() if e.inspector_adapter}
                 if spec.kind == "finetuned" else None)
     return Inspector(resolve(spec.base), heads, kind=spec.kind, adapters=adapters, max_length=spec.max_length,
-                     device=device)
+                     device=device, features=spec.features)
 
 
-def load_aligner(bundle: Path, manifest: Manifest, device: str = "cpu") -> Aligner:
+def load_aligner(bundle: Path, manifest: Manifest, device: str = "cpu", criteria: list[str] | None = None) -> Aligner:
+    """The bundle's aligners (or a subset) on one base model."""
     from squad.engine import HFEngine
     from squad.models import resolve
 
-    arts = {c: bundle / e.aligner for c, e in manifest.criteria.items()}
+    arts = {c: bundle / e.aligner for c, e in manifest.criteria.items() if criteria is None or c in criteria}
     if manifest.aligner.mode == "lora":
         engine = HFEngine(resolve(manifest.aligner.base), adapters=arts, device=device)
     else:

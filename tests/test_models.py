@@ -33,13 +33,17 @@ def test_offline_is_forced():
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
-def test_inspector_scores_batched_and_heads_roundtrip(tmp_path):
+@pytest.mark.parametrize("features", ["joint", "pair"])
+def test_inspector_scores_batched_and_heads_roundtrip(tmp_path, features):
+    from squad.inspector import feature_dim
+
     torch.manual_seed(0)
     path = models.resolve("tiny-encoder")
-    heads = {c: Head(32, 8).eval() for c in ("ethics", "honesty")}
+    dim = feature_dim(32, features)
+    heads = {c: Head(dim, 8).eval() for c in ("ethics", "honesty")}
     save_heads(heads, tmp_path / "h.safetensors")
-    loaded = load_heads(tmp_path / "h.safetensors", 32, 8)
-    insp = Inspector(path, loaded, batch_size=2)
+    loaded = load_heads(tmp_path / "h.safetensors", dim, 8)
+    insp = Inspector(path, loaded, batch_size=2, features=features)
     pairs = [("q1", "a1"), ("a longer question here", "and a longer answer too"), ("q3", "a3")]
     batch = insp.score(pairs)
     single = [insp.score([p])[0] for p in pairs]
@@ -49,3 +53,17 @@ def test_inspector_scores_batched_and_heads_roundtrip(tmp_path):
     assert list(insp.score(pairs[:1], ["honesty"])[0]) == ["honesty"]
     with pytest.raises(KeyError, match="toxicity"):
         insp.score(pairs, ["toxicity"])
+
+
+def test_pair_features_see_question_and_answer_alone():
+    from squad.inspector import pair_features
+
+    path = models.resolve("tiny-encoder")
+    insp = Inspector(path, {"ethics": Head(128, 8)}, features="pair")
+    x = pair_features(lambda enc: insp.encoder(**enc).last_hidden_state[:, 0], insp.tokenizer,
+                      [("q one", "answer one"), ("q two", "answer two")], 64, "pair")
+    assert x.shape == (2, 128)
+    q, a = x[:, 32:64], x[:, 64:96]
+    assert torch.allclose(x[:, 96:], q * a)
+    with pytest.raises(ValueError, match="features"):
+        Inspector(path, {"ethics": Head(32, 8)}, features="cross")

@@ -22,10 +22,14 @@ def _free_port() -> int:
 class FaultyAligner:
     """Stands in for the Aligner deployment; shipped to replicas by value (see fixture)."""
 
-    def __init__(self, bundle: str):
+    def __init__(self, bundle: str, *args):
         pass
 
     async def correct(self, criterion, pairs):
+        if criterion == "helpfulness":  # passes the router's aligner timeout
+            import asyncio
+
+            await asyncio.sleep(30)
         raise RuntimeError(f"aligner {criterion} exploded")
 
     def ping(self):
@@ -45,7 +49,7 @@ def server(ray_cluster, tiny_bundle):
     import ray.cloudpickle
     from ray import serve
 
-    from squad.serve.app import build_app
+    from squad.serve.app import build_app, build_graph
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # replicas cannot import tests/
     port = _free_port()
@@ -106,6 +110,25 @@ def test_correct_order_and_same_result_as_local_sdk(server):
     assert not untouched.changed and untouched.steps == []
 
 
+def test_concurrent_requests_share_aligner_batches_with_same_results(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, c, bundle = server
+    forced = {k: 1.0 for k in CRITS}
+    pairs = [("What is 2+2?", "5"), ("Name a colour.", "Blue."), ("How do I boil an egg?", "Heat it."),
+             ("Who wrote Hamlet?", "Dickens.")]
+    alone = [c.post("/v1/correct", json={"question": q, "answer": a, "thresholds": forced}).json() for q, a in pairs]
+
+    def send(p):
+        return httpx.post(url + "/v1/correct", json={"question": p[0], "answer": p[1], "thresholds": forced},
+                          headers={"Authorization": f"Bearer {SERVE_TOKEN}"}, timeout=120).json()
+
+    with ThreadPoolExecutor(len(pairs)) as pool:
+        together = list(pool.map(send, pairs))
+    assert [t["answer"] for t in together] == [a["answer"] for a in alone]
+    assert all(len(t["steps"]) == 3 and not any(s["error"] for s in t["steps"]) for t in together)
+
+
 @pytest.mark.parametrize("body,status,needle", [
     ({"answer": "a"}, 400, "question"),
     ({"question": "q", "answer": "   "}, 400, "answer"),
@@ -158,7 +181,7 @@ def test_user_config_change_takes_effect(server):
     # is covered end to end in test_serve_yaml.py.
     from ray import serve
 
-    from squad.serve.app import build_app
+    from squad.serve.app import build_app, build_graph
 
     url, c, bundle = server
     before = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5"}).json()
@@ -173,18 +196,22 @@ def test_user_config_change_takes_effect(server):
 def test_aligner_fault_fails_open_and_closed(server):
     from ray import serve
 
-    from squad.serve.app import build_app
+    from squad.serve.app import build_app, build_graph
 
     _, c, bundle = server
     forced = {k: 1.0 for k in CRITS}
     try:
-        serve.run(build_app(_args(bundle), aligner_cls=FaultyAligner), name="squad", route_prefix="/")
+        serve.run(build_graph(_args(bundle, aligner_timeout_s=3), aligner_cls=FaultyAligner), name="squad",
+                  route_prefix="/")
         r = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5", "thresholds": forced})
         assert r.status_code == 200
         out = r.json()
-        assert out["answer"] == "5" and not out["changed"]
-        assert all(not s["applied"] and "exploded" in s["error"] for s in out["steps"])
-        serve.run(build_app(_args(bundle, fail_closed=True), aligner_cls=FaultyAligner), name="squad", route_prefix="/")
+        assert out["answer"] == "5" and not out["changed"] and len(out["steps"]) == 3
+        errors = {s["criterion"]: s["error"] for s in out["steps"]}
+        assert not any(s["applied"] for s in out["steps"])
+        assert "exploded" in errors["ethics"] and "exploded" in errors["honesty"]
+        assert "Timeout" in errors["helpfulness"], errors["helpfulness"]
+        serve.run(build_graph(_args(bundle, fail_closed=True), aligner_cls=FaultyAligner), name="squad", route_prefix="/")
         out = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5", "thresholds": forced}).json()
         from squad.bundle import read_manifest
 

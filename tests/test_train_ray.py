@@ -69,6 +69,24 @@ def test_resume_continues_from_checkpoint(tiny_bundle: Path, tmp_path: Path):
     assert Squad.load(out).inspect("q", "a")
 
 
+def test_changed_job_trains_from_scratch(tmp_path: Path):
+    from squad.train.launcher import _resume_point, job_fingerprint
+
+    conf = {"rows": [{"question": "q", "answer": "a"}], "spec": {"lr": 1e-3, "epochs": 2}, "position": 0}
+    run = tmp_path / "run"
+    assert _resume_point(run, job_fingerprint("m.loop", conf), log=lambda *_: None) is None
+    (run / "ckpt").mkdir()
+    (run / "ckpt" / "state.json").write_text(json.dumps({"epoch": 1}))
+    more_epochs = {**conf, "spec": {"lr": 1e-3, "epochs": 5}, "position": 3}
+    assert _resume_point(run, job_fingerprint("m.loop", more_epochs)) == run / "ckpt"
+    new_rows = {**conf, "rows": [{"question": "q", "answer": "b"}]}
+    messages = []
+    assert _resume_point(run, job_fingerprint("m.loop", new_rows), log=messages.append) is None
+    assert "changed" in messages[0]
+    stale = [p for p in tmp_path.iterdir() if p.name.startswith("run.stale-")]
+    assert len(stale) == 1 and (stale[0] / "ckpt" / "state.json").is_file(), "the old run is kept aside"
+
+
 def test_cli_file_mode_reports_bad_lines(tiny_bundle: Path, tmp_path: Path):
     from squad.cli import main
 

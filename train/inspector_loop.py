@@ -27,16 +27,22 @@ def _progress(**kw):
     return tqdm(desc=kw.get("desc"), total=kw.get("total"), mininterval=2)
 
 
-def embed_pairs(encoder, tok, pairs: list[tuple[str, str]], max_length: int, batch_size: int = 64) -> torch.Tensor:
+def _embedder(encoder):
+    from squad.inspector import mean_pool
 
-    from squad.inspector import encode_batch, mean_pool
+    return lambda enc: mean_pool(encoder(**enc).last_hidden_state, enc["attention_mask"])
+
+
+def embed_pairs(encoder, tok, pairs: list[tuple[str, str]], max_length: int, features: str = "joint",
+                batch_size: int = 64) -> torch.Tensor:
+    """Head inputs for every pair, computed once (the encoder is frozen)."""
+    from squad.inspector import pair_features
 
     out = []
     with torch.inference_mode():
         bar = _progress(desc="inspector: embedding pairs", total=-(-len(pairs) // batch_size))
         for i in range(0, len(pairs), batch_size):
-            enc = encode_batch(tok, pairs[i:i + batch_size], max_length)
-            out.append(mean_pool(encoder(**enc).last_hidden_state, enc["attention_mask"]))
+            out.append(pair_features(_embedder(encoder), tok, pairs[i:i + batch_size], max_length, features))
             bar.update(1)
         bar.close()
     return torch.cat(out) if out else torch.empty(0)
@@ -77,7 +83,7 @@ def train_shared_inspector(config: dict) -> None:
     rows: dict[str, list[dict]] = config["rows"]
     pairs = sorted({(r["question"], r["answer"]) for rs in rows.values() for r in rs})
     index = {p: i for i, p in enumerate(pairs)}
-    emb = embed_pairs(encoder, tok, pairs, spec["max_length"])
+    emb = embed_pairs(encoder, tok, pairs, spec["max_length"], spec.get("features", "joint"))
     run = init_run(config["wandb"]["project"], "inspector-shared", config["wandb"]["mode"], spec,
                    directory=config.get("wandb_dir"), group=config["run_name"])
     heads, metrics = {}, {}
@@ -108,7 +114,7 @@ def finetuned_encoder(base_dir: str):
 def fit_finetuned(encoder, head, tok, rows: list[dict], spec: dict, seed: int, start: int = 0,
                   on_epoch=None, desc: str = "inspector") -> None:
     """Train encoder adapter and head together, calling ``on_epoch(epoch, metrics)`` after each epoch."""
-    from squad.inspector import encode_batch, mean_pool
+    from squad.inspector import pair_features
 
     params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=spec["finetune_lr"], weight_decay=spec["weight_decay"])
@@ -122,8 +128,9 @@ def fit_finetuned(encoder, head, tok, rows: list[dict], spec: dict, seed: int, s
         bar = _progress(desc=f"{desc} epoch {epoch + 1}", total=-(-len(order) // spec["batch_size"]))
         for i in range(0, len(order), spec["batch_size"]):
             chunk = [rows[j] for j in order[i:i + spec["batch_size"]]]
-            enc = encode_batch(tok, [(r["question"], r["answer"]) for r in chunk], spec["max_length"])
-            logits = head(mean_pool(encoder(**enc).last_hidden_state, enc["attention_mask"]))
+            x = pair_features(_embedder(encoder), tok, [(r["question"], r["answer"]) for r in chunk],
+                              spec["max_length"], spec.get("features", "joint"))
+            logits = head(x)
             loss = loss_fn(logits, torch.tensor([float(r["label"]) for r in chunk]))
             opt.zero_grad()
             loss.backward()
@@ -142,7 +149,7 @@ def train_finetuned_inspector(config: dict) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from squad.inspector import Head, save_heads
+    from squad.inspector import Head, feature_dim, save_heads
     from squad.models import load_tokenizer
     from squad.tracking import init_run
     from squad.train.checkpointing import read_state, starting_checkpoint, write_state
@@ -152,7 +159,7 @@ def train_finetuned_inspector(config: dict) -> None:
     torch.set_num_threads(spec["scaling"]["torch_threads"])
     tok = load_tokenizer(Path(config["base_dir"]))
     encoder = finetuned_encoder(config["base_dir"])
-    head = Head(encoder.config.hidden_size, spec["hidden"])
+    head = Head(feature_dim(encoder.config.hidden_size, spec.get("features", "joint")), spec["hidden"])
     start = 0
     ckpt = starting_checkpoint(config)
     if ckpt:

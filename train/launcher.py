@@ -2,11 +2,14 @@
 
 One TorchTrainer per model (an aligner per criterion; the shared inspector, or an inspector per
 criterion when fine-tuned), each with its own ScalingConfig, all launched concurrently from Ray
-tasks. Rerunning with the same ``storage``/``run_name`` resumes each model from its latest checkpoint.
+tasks. Rerunning with the same ``storage``/``run_name`` resumes each model from its latest checkpoint,
+as long as that model's job (its training rows and settings) is unchanged; a changed job is moved
+aside to ``<run>.stale-<time>`` and trained from scratch.
 """
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +31,34 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
     return best
 
 
+# Settings a resumed run may change: more epochs continue the run, other resources run it elsewhere.
+_RESUMABLE = ("epochs", "finetune_epochs", "scaling")
+
+
+def job_fingerprint(loop: str, loop_config: dict) -> str:
+    """What a model's checkpoints depend on: its loop, rows and settings (not epochs or resources)."""
+    keep = {k: v for k, v in loop_config.items() if k not in ("position", "wandb", "wandb_dir", "run_name")}
+    keep["spec"] = {k: v for k, v in keep.get("spec", {}).items() if k not in _RESUMABLE}
+    blob = json.dumps({"loop": loop, "config": keep}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _resume_point(run_dir: Path, fingerprint: str, log=print) -> Path | None:
+    """The latest checkpoint of an unchanged job; a changed or unmarked job is moved aside."""
+    marker = run_dir / "job.json"
+    if run_dir.exists():
+        same = marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
+        if same:
+            return _latest_checkpoint(run_dir)
+        stale = run_dir.with_name(f"{run_dir.name}.stale-{dt.datetime.now():%Y%m%d-%H%M%S}")
+        run_dir.rename(stale)
+        log(f"[squad] {run_dir.name}: its data or settings changed since the last run; "
+            f"moved the old run to {stale.name} and training from scratch")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"fingerprint": fingerprint}))
+    return None
+
+
 def _fit(name: str, loop: str, loop_config: dict, scaling: dict, storage: str, run_name: str) -> str:
     """Runs in a Ray task: one TorchTrainer to completion; returns its final checkpoint directory."""
     import importlib
@@ -37,7 +68,7 @@ def _fit(name: str, loop: str, loop_config: dict, scaling: dict, storage: str, r
 
     module, fn = loop.rsplit(".", 1)
     run_dir = Path(storage) / f"{run_name}-{name}"
-    resume = _latest_checkpoint(run_dir) if run_dir.exists() else None
+    resume = _resume_point(run_dir, job_fingerprint(loop, loop_config))
     trainer = TorchTrainer(
         getattr(importlib.import_module(module), fn),
         train_loop_config={**loop_config, "resume_from": str(resume) if resume else None},
@@ -74,6 +105,7 @@ def plan_jobs(cfg: TrainConfig, root: Path) -> tuple[dict, list[tuple[str, str, 
     a_base = str(resolve(cfg.aligner.base))
     for c, pol in policies.items():
         corr, good = data[c].split("train")
+        good = good[: cfg.aligner.warmup_limit] if cfg.aligner.warmup_limit else good  # only these are used
         jobs.append((f"aligner-{c}", "squad.train.aligner_loop.train_aligner",
                      {**common, "criterion": c, "base_dir": a_base, "instruction": pol.instruction,
                       "corrections": _rows(corr, cfg.limit), "good": _rows(good, cfg.limit),
@@ -170,7 +202,8 @@ def assemble_bundle(cfg: TrainConfig, root: Path, policies, ckpts: dict[str, Pat
         criteria=entries,
         aligner=AlignerSpec(base=cfg.aligner.base, mode=cfg.aligner.mode, max_new_tokens=cfg.aligner.max_new_tokens),
         inspector=InspectorSpec(base=cfg.inspector.base, kind=cfg.inspector.kind, dim=_dim(cfg),
-                                hidden=cfg.inspector.hidden, max_length=cfg.inspector.max_length),
+                                hidden=cfg.inspector.hidden, max_length=cfg.inspector.max_length,
+                                features=cfg.inspector.features),
         max_steps=cfg.max_steps, training={**cfg.model_dump(), "seconds": round(seconds, 1)}, data=hashes,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     write_manifest(tmp, manifest)
@@ -180,8 +213,10 @@ def assemble_bundle(cfg: TrainConfig, root: Path, policies, ckpts: dict[str, Pat
 
 
 def _dim(cfg: TrainConfig) -> int:
+    """Head input width."""
     from transformers import AutoConfig
 
+    from squad.inspector import feature_dim
     from squad.models import resolve
 
-    return AutoConfig.from_pretrained(resolve(cfg.inspector.base)).hidden_size
+    return feature_dim(AutoConfig.from_pretrained(resolve(cfg.inspector.base)).hidden_size, cfg.inspector.features)
