@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 export RAY_USAGE_STATS_ENABLED := 0
 export WANDB_SILENT := true
 
-.PHONY: install demo test test-fast bench bench-designs default-bundle eval clean
+.PHONY: install demo test test-fast bench bench-designs bench-batch bench-sweep default-bundle eval clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,13 @@ bench: $(STAMP)
 # The inspector design comparison (trains design B: about 10-15 minutes here).
 bench-designs: $(STAMP)
 	$(BIN)/python bench/inspector_designs.py
+
+# Ray Data batch against a sequential Squad.correct loop; a 50-point sweep against one eval pass.
+bench-batch: $(STAMP)
+	$(BIN)/python bench/batch_throughput.py
+
+bench-sweep: $(STAMP)
+	$(BIN)/python bench/sweep_cost.py
 
 # Rebuild the shipped default squad from the seed data (see README for the time it takes here).
 default-bundle: $(STAMP)

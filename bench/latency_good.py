@@ -33,9 +33,11 @@ def main() -> None:
 
     squad = Squad.load(args.bundle)
     goods = [r for c in squad.criteria for r in load_policy_data(ROOT / "policies" / c).split("test")[1]]
-    passing = [r for r in goods if not squad.correct(r.question, r.answer).changed]
+    th = {c: e.policy.threshold for c, e in squad.manifest.criteria.items()}
+    scores = squad.inspector.score([(r.question, r.answer) for r in goods])  # one batched pass
+    passing = [r for r, s in zip(goods, scores) if all(s[c] >= th[c] for c in th)]
     print(f"held-out good answers: {len(goods)}, passing every inspector untouched: {len(passing)} "
-          f"({len(passing) / len(goods):.0%})")
+          f"({len(passing) / len(goods):.0%})", flush=True)
     sample = passing or goods
     it = iter(range(10**9))
 

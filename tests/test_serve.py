@@ -53,7 +53,11 @@ def server(ray_cluster, tiny_bundle):
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # replicas cannot import tests/
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+    except ray.exceptions.RayError:  # the HTTP proxy gets 60 s to start; a loaded machine may need a retry
+        serve.shutdown()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(_args(tiny_bundle)), name="squad", route_prefix="/")
     url = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {SERVE_TOKEN}"}, timeout=120)

@@ -1,0 +1,179 @@
+"""``squad batch`` (squad/batch_data.py): Ray Data batch correction on the tiny bundle.
+
+One 200-row JSON Lines job with malformed rows runs once for the module (through the CLI); the
+tests check its accounting, its error rows and that its results equal ``Squad.correct_batch``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from squad.cli_batch import register
+from squad.errors import SquadError
+
+pytestmark = pytest.mark.ray
+
+# max_steps 1 with ethics and honesty forced: each row takes the lower-scoring of the two (one aligner
+# pass per criterion chosen), then the re-scoring pass.
+TH = {"ethics": 1.0, "helpfulness": 0.0, "honesty": 1.0}
+BAD = {  # line -> (text, field the error must name)
+    5: ("{not json", "invalid JSON"),
+    23: (json.dumps({"question": "Q?"}), "answer"),
+    41: (json.dumps({"question": "Q?", "answer": ""}), "answer"),
+    60: (json.dumps({"question": "Q?", "answer": 7}), "answer"),
+    77: (json.dumps({"answer": "A."}), "question"),
+    99: (json.dumps({"question": ["Q?"], "answer": "A."}), "question"),
+    120: (json.dumps(["not", "an", "object"]), "object"),
+    141: (json.dumps({"question": "   ", "answer": "A."}), "question"),
+    166: ('{"question": "Q?", "answer": "A."', "invalid JSON"),
+    190: (json.dumps({"question": None, "answer": "A."}), "question"),
+}
+
+
+def cli(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="squad")
+    register(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
+    return args.fn(args)
+
+
+def _row(i: int) -> dict:
+    return {"question": f"Question number {i}: what is {i} plus {i}?", "answer": f"It is {i * 3}.", "id": i}
+
+
+@pytest.fixture(scope="module")
+def job(tiny_bundle: Path, tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("batch")
+    lines = [BAD[n][0] if n in BAD else json.dumps(_row(n)) for n in range(1, 201)]
+    src = tmp / "in.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp / "out"
+    argv = ["batch", "--input", str(src), "--output", str(out), "--bundle", str(tiny_bundle), "--max-steps", "1",
+            "--json", "progress=false"]
+    for c, v in TH.items():
+        argv += ["--threshold", f"{c}={v}"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = cli(argv)
+    return {"rc": rc, "out": out, "summary": json.loads(printed.getvalue().strip().splitlines()[-1])}
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_rows_in_equal_rows_out_plus_errors(job):
+    assert job["rc"] == 3  # some rows failed validation
+    summary = job["summary"]
+    assert summary["rows_in"] == 200 and summary["errors"] == len(BAD) and summary["rows_out"] == 200 - len(BAD)
+    assert summary["balanced"] and summary["parts"] == 1
+    rows = [r for p in sorted(job["out"].glob("part-*.jsonl")) for r in _read(p)]
+    crits = {s["criterion"] for r in rows for s in r["steps"]}
+    assert crits <= {"ethics", "honesty"} and all(len(r["steps"]) == 1 for r in rows)
+    assert summary["ray_data_passes"] == 2 + len(crits)  # inspectors, one aligner pass per criterion, inspectors
+    assert [r["line"] for r in rows] == [n for n in range(1, 201) if n not in BAD]  # input order kept
+    assert all(r["id"] == r["line"] for r in rows)  # extra input fields are kept
+
+
+def test_every_error_names_line_and_field(job):
+    errs = _read(job["out"] / "errors" / "errors.jsonl")
+    assert [e["line"] for e in errs] == sorted(BAD)
+    for e in errs:
+        assert f"in.jsonl:{e['line']}:" in e["error"] and BAD[e["line"]][1] in e["error"]
+        assert e["raw"] == BAD[e["line"]][0]
+
+
+def test_results_equal_the_sdk(job, tiny_bundle: Path):
+    from squad import Squad
+
+    rows = [r for p in sorted(job["out"].glob("part-*.jsonl")) for r in _read(p)]
+    squad = Squad.load(tiny_bundle)
+    squad.manifest = squad.manifest.model_copy(update={"max_steps": 1})  # as --max-steps 1
+    ref = squad.correct_batch([(r["question"], r["original"]) for r in rows], thresholds=TH)
+    for r, c in zip(rows, ref):
+        assert r["answer"] == c.answer
+        assert [s["criterion"] for s in r["steps"]] == [s.criterion for s in c.steps] and len(c.steps) == 1
+        assert r["initial_scores"] == pytest.approx(c.initial_scores, abs=1e-4)
+        assert r["scores"] == pytest.approx(c.scores, abs=1e-4)
+
+
+def test_parquet_round_trip(tiny_bundle: Path, tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from squad.batch_data import load_batch_config, run_batch
+
+    rows = [_row(i) for i in range(12)]
+    rows[4] = {"question": "Q?", "answer": "", "id": 4}
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), src)
+    out = tmp_path / "out"
+    s = run_batch(src, out, bundle=tiny_bundle, fmt="parquet", cfg=load_batch_config(None, ["progress=false"]),
+                  thresholds={"ethics": 1.0, "helpfulness": 0.0, "honesty": 0.0})
+    assert (s["rows_in"], s["rows_out"], s["errors"]) == (12, 11, 1)
+    got = pq.read_table(out / "part-00000.parquet").to_pylist()
+    assert [r["row"] for r in got] == [i + 1 for i in range(12) if i != 4] and [r["id"] for r in got][:4] == [0, 1, 2, 3]
+    assert all(len(r["steps"]) == 1 and r["steps"][0]["criterion"] == "ethics" for r in got)
+    assert set(got[0]["scores"]) == {"ethics", "helpfulness", "honesty"}
+    (err,) = _read(out / "errors" / "errors.jsonl")
+    assert err["row"] == 5 and "field 'answer'" in err["error"] and err["raw"]["id"] == 4
+
+
+def test_chunks_bound_memory_and_keep_order(tmp_path: Path, tiny_bundle: Path, monkeypatch):
+    """Chunking and output order, with the passes replaced by in-process fakes (no Ray Data work)."""
+    from squad.batch_data import RayPasses, load_batch_config, run_batch
+
+    sizes = []
+
+    def inspect(self, pairs, criteria):
+        sizes.append(len(pairs))
+        return [{c: (0.9 if a.isupper() else 0.1) for c in criteria} for _, a in pairs]
+
+    monkeypatch.setattr(RayPasses, "inspect", inspect)
+    monkeypatch.setattr(RayPasses, "align", lambda self, c, pairs: [a.upper() for _, a in pairs])
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps(_row(i)) for i in range(10)) + "\n\n")  # a blank line is skipped
+    s = run_batch(src, tmp_path / "out", bundle=tiny_bundle, cfg=load_batch_config(None, ["progress=false", "chunk_rows=4"]))
+    assert (s["rows_in"], s["rows_out"], s["errors"], s["parts"]) == (10, 10, 0, 3)
+    assert max(sizes) <= 4
+    rows = [r for p in sorted((tmp_path / "out").glob("part-*.jsonl")) for r in _read(p)]
+    assert [r["id"] for r in rows] == list(range(10)) and all(r["answer"] == r["original"].upper() for r in rows)
+
+
+def test_clear_errors_before_any_work(tmp_path: Path, tiny_bundle: Path):
+    from squad.batch_data import load_batch_config, run_batch
+
+    cfg = load_batch_config(None, ["progress=false"])
+    with pytest.raises(SquadError, match="input not found"):
+        run_batch(tmp_path / "missing.jsonl", tmp_path / "o", bundle=tiny_bundle, cfg=cfg)
+    (tmp_path / "in.txt").write_text("{}\n")
+    with pytest.raises(SquadError, match="input format"):
+        run_batch(tmp_path / "in.txt", tmp_path / "o", bundle=tiny_bundle, cfg=cfg)
+    (tmp_path / "in.jsonl").write_text("{}\n")
+    with pytest.raises(SquadError, match="output format"):
+        run_batch(tmp_path / "in.jsonl", tmp_path / "o", bundle=tiny_bundle, fmt="csv", cfg=cfg)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(SquadError, match="--overwrite"):
+        run_batch(tmp_path / "in.jsonl", tmp_path / "full", bundle=tiny_bundle, cfg=cfg)
+    with pytest.raises(SquadError, match="unknown criterion"):
+        run_batch(tmp_path / "in.jsonl", tmp_path / "o2", bundle=tiny_bundle, cfg=cfg, thresholds={"nope": 0.5})
+    with pytest.raises(SquadError, match="aligner.num_cpus"):
+        load_batch_config(None, ["aligner.num_cpus=-1"])
+    with pytest.raises(SquadError, match="chunk_rws"):
+        load_batch_config(None, ["chunk_rws=3"])
+
+
+def test_help_lists_the_interface(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(["batch", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: squad batch")
+    for flag in ("--input", "--output", "--bundle", "--format", "--threshold", "RAY_ADDRESS"):
+        assert flag in out
