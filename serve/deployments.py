@@ -1,7 +1,7 @@
 """Serve deployments as plain classes; ``squad.serve.app`` applies ``serve.deployment`` with options.
 
 - ``InspectorServer``: the bundle's shared-encoder inspector; concurrent requests are batched
-  with ``@serve.batch`` into one encoder pass.
+  with ``@serve.batch`` into shared encoder batches.
 - ``AlignerServer``: one base model with every criterion's LoRA adapter (multiplexed by criterion),
   or with one criterion's adapter; pairs from concurrent requests are batched with ``@serve.batch``
   and generated together, one generate call per criterion in the batch.

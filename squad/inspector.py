@@ -1,8 +1,8 @@
 """Inspector: P(aligned | question, answer) per criterion, batched.
 
 Two designs, one API (``Inspector.score``):
-- ``shared``: one frozen encoder pass per pair; a small MLP head per criterion reads the pooled
-  embedding, so every criterion costs one encoder pass in all.
+- ``shared``: one frozen encoder shared by every criterion; a small MLP head per criterion reads the pooled
+  features (see below).
 - ``finetuned``: the IBM paper's choice, an encoder fine-tuned per criterion (here a LoRA adapter
   per criterion on one base) with its own head: one encoder pass per criterion.
 
