@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from squad.algorithm import run_squad
 from squad.correction import Correction
-from squad.data import PairRow, iter_jsonl, parse_line, row_error
+from squad.data import PairRow, check_line, iter_jsonl, row_error
 from squad.errors import ConfigError, DataError, SquadError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "batch.yaml"
@@ -262,12 +262,8 @@ def read_records(src: Source) -> Iterator[tuple[int, PairRow | None, str | None,
         for r in ray.data.read_text(src.path, drop_empty_lines=False, include_paths=True).iter_rows():
             line, path = r["text"], r["path"]
             n = lineno[path] = lineno.get(path, 0) + 1  # numbered per file; errors name the file
-            if not line.strip():
-                continue
-            try:
-                yield n, parse_line(line, PairRow), None, line
-            except (ValueError, ValidationError) as e:
-                yield n, None, row_error(path, n, e), line
+            if line.strip():
+                yield check_line(path, n, line, PairRow)
     else:
         for n, obj in enumerate(ray.data.read_parquet(src.path).iter_rows(), 1):
             try:

@@ -78,6 +78,14 @@ def parse_line(line: str, model: type[R]) -> R:
     return model.model_validate(obj)
 
 
+def check_line(path: str | Path, lineno: int, line: str, model: type[R]) -> tuple[int, R | None, str | None, str]:
+    """One decoded JSON Lines row as ``(lineno, row, error, raw_line)``; the error names file, line, field."""
+    try:
+        return lineno, parse_line(line, model), None, line
+    except (ValueError, ValidationError) as e:
+        return lineno, None, row_error(path, lineno, e), line
+
+
 def iter_jsonl(path: str | Path, model: type[R]) -> Iterator[tuple[int, R | None, str | None, str]]:
     """Yield ``(lineno, row, error, raw_line)`` for each non-blank line: never stops at a bad row."""
     with open(path, "rb") as f:
@@ -88,12 +96,8 @@ def iter_jsonl(path: str | Path, model: type[R]) -> Iterator[tuple[int, R | None
                 yield lineno, None, row_error(path, lineno, ValueError(f"not valid UTF-8 (byte {e.start})")), \
                     raw.decode("utf-8", errors="replace")
                 continue
-            if not line.strip():
-                continue
-            try:
-                yield lineno, parse_line(line, model), None, line
-            except (ValueError, ValidationError) as e:
-                yield lineno, None, row_error(path, lineno, e), line
+            if line.strip():
+                yield check_line(path, lineno, line, model)
 
 
 def read_jsonl(path: str | Path, model: type[R]) -> list[R]:
