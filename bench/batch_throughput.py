@@ -2,7 +2,7 @@
 
 The same held-out rows (half already-good answers, half misaligned) go through both paths in one
 run, on the shipped default squad. The Ray Data time includes the model loads of every actor pool
-(one pool per pass, so several per round), but not starting Ray; the loop's squad is loaded and
+(one pool per pipeline stage), but not starting Ray; the loop's squad is loaded and
 its aligner warmed before timing. Also printed: how many final answers the two paths agree on
 (they run the same algorithm; batching may change greedy decoding by float noise only).
 
@@ -60,7 +60,7 @@ def main() -> None:
     steps = sum(len(c.steps) for c in seq)
     print("| path | rows | seconds | rows/s |")
     print("|---|---|---|---|")
-    print(f"| squad batch (Ray Data, {s['ray_data_passes']} passes) | {s['rows_out']} | {batch_s:.1f} | {n / batch_s:.3f} |")
+    print(f"| squad batch (Ray Data, {s['stages']} stages) | {s['rows_out']} | {batch_s:.1f} | {n / batch_s:.3f} |")
     print(f"| sequential Squad.correct loop | {n} | {seq_s:.1f} | {n / seq_s:.3f} |")
     print(f"\naligner runs: {steps} over {sum(bool(c.steps) for c in seq)} rows; rows in {s['rows_in']} = out "
           f"{s['rows_out']} + errors {s['errors']}")

@@ -7,9 +7,12 @@ every criterion on the new answer; stop after ``max_steps`` aligner runs.
 It is pure: inspector and aligner calls are injected. Pairs advance in rounds, so a batch costs
 one inspector call per round for every pending pair and one aligner call per criterion per round.
 A single pair is a batch of one, so ``correct`` and ``correct_batch`` agree by construction.
+``run_squad`` drives the per-pair steps (``observe``, ``apply_step``) in rounds; ``squad batch``
+drives the same steps as streaming Ray Data stages.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -38,7 +41,9 @@ class SquadPolicy:
 
 
 @dataclass
-class _State:
+class PairState:
+    """One pair's progress through the squad; ``next`` is the criterion to apply, once scored."""
+
     question: str
     original: str
     answer: str
@@ -49,6 +54,53 @@ class _State:
     applied: list[str] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     done: bool = False
+    next: str | None = None
+
+    @property
+    def needs_scores(self) -> bool:
+        return not self.done and self.next is None
+
+    def to_json(self) -> str:
+        return json.dumps({**{k: getattr(self, k) for k in self.__dataclass_fields__ if k != "steps"},
+                           "steps": [s.model_dump() for s in self.steps]}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PairState":
+        d = json.loads(text)
+        return cls(**{**d, "steps": [Step(**s) for s in d["steps"]]})
+
+    def result(self) -> Correction:
+        return Correction(question=self.question, original=self.original, answer=self.answer,
+                          changed=self.answer != self.original, initial_scores=self.initial, scores=self.scores,
+                          steps=self.steps, latency_ms=(self.finished - self.started) * 1000.0)
+
+
+def check_scores(scored: list[dict[str, float]], n: int, criteria: list[str]) -> list[dict[str, float]]:
+    scored = list(scored)
+    if len(scored) != n:
+        raise RuntimeError(f"inspector returned {len(scored)} score sets for {n} pairs")
+    missing = {c for s in scored for c in criteria if c not in s}
+    if missing:
+        raise RuntimeError(f"inspector returned no score for {sorted(missing)}")
+    return scored
+
+
+def observe(st: PairState, scores: dict[str, float], policy: SquadPolicy, now: float) -> None:
+    """Record fresh scores; pick the next criterion, or finish the pair."""
+    st.scores = dict(scores)
+    if not st.initial:
+        st.initial = dict(scores)
+    st.next = None if len(st.applied) >= policy.max_steps else policy.pick(st.scores, st.applied)
+    if st.next is None:
+        st.done, st.finished = True, now
+
+
+def group_by_next(states: Sequence[PairState]) -> dict[str, list[PairState]]:
+    groups: dict[str, list[PairState]] = {}
+    for st in states:
+        if not st.done and st.next is not None:
+            groups.setdefault(st.next, []).append(st)
+    return groups
 
 
 def run_squad(pairs: Sequence[tuple[str, str]], inspect: InspectFn, align: AlignFn, policy: SquadPolicy,
@@ -56,39 +108,20 @@ def run_squad(pairs: Sequence[tuple[str, str]], inspect: InspectFn, align: Align
     """Correct every pair; returns one Correction per pair, in order."""
     criteria = list(policy.thresholds)
     start = clock()
-    states = [_State(q, a, a, start) for q, a in pairs]
-    pending = list(range(len(states)))
-    first = True
+    states = [PairState(q, a, a, start) for q, a in pairs]
+    pending = states
     while pending:
-        scored = list(inspect([(states[i].question, states[i].answer) for i in pending], criteria))
-        if len(scored) != len(pending):
-            raise RuntimeError(f"inspector returned {len(scored)} score sets for {len(pending)} pairs")
-        missing = {c for s in scored for c in criteria if c not in s}
-        if missing:
-            raise RuntimeError(f"inspector returned no score for {sorted(missing)}")
-        groups: dict[str, list[int]] = {}
-        for i, s in zip(pending, scored):
-            st = states[i]
-            st.scores = dict(s)
-            if first:
-                st.initial = dict(s)
-            nxt = None if len(st.applied) >= policy.max_steps else policy.pick(st.scores, st.applied)
-            if nxt is None:
-                st.done, st.finished = True, clock()
-            else:
-                groups.setdefault(nxt, []).append(i)
-        first = False
-        pending = []
-        for crit, idx in groups.items():
-            _apply(crit, [states[i] for i in idx], align, policy, clock)
-            pending += idx  # every changed pair is re-scored on all criteria next round
-        pending.sort()
-    return [Correction(question=st.question, original=st.original, answer=st.answer,
-                       changed=st.answer != st.original, initial_scores=st.initial, scores=st.scores,
-                       steps=st.steps, latency_ms=(st.finished - st.started) * 1000.0) for st in states]
+        scored = check_scores(inspect([(st.question, st.answer) for st in pending], criteria), len(pending), criteria)
+        for st, s in zip(pending, scored):
+            observe(st, s, policy, clock())
+        for crit, group in group_by_next(pending).items():
+            apply_step(crit, group, align, policy, clock)
+        pending = [st for st in states if st.needs_scores]  # every changed pair is re-scored on all criteria
+    return [st.result() for st in states]
 
 
-def _apply(crit: str, group: list[_State], align: AlignFn, policy: SquadPolicy, clock) -> None:
+def apply_step(crit: str, group: list[PairState], align: AlignFn, policy: SquadPolicy, clock) -> None:
+    """Run one criterion's aligner over ``group`` (one call); the pairs then wait for fresh scores."""
     t0 = clock()
     error: str | None = None
     try:
@@ -109,6 +142,7 @@ def _apply(crit: str, group: list[_State], align: AlignFn, policy: SquadPolicy, 
         elif policy.fail_closed is not None:
             st.answer = policy.fail_closed.get(crit, st.answer)
         st.applied.append(crit)
+        st.next = None
         st.steps.append(Step(criterion=crit, score_before=st.scores[crit], threshold=policy.thresholds[crit],
                              applied=ok, answer=st.answer, latency_ms=ms,
                              error=error if outs is None else (None if ok else "aligner returned an empty answer")))

@@ -37,7 +37,7 @@ class InspectorSpec(BaseModel):
     dim: int = Field(384, description="Head input width (encoder width x 4 for 'pair' features).")
     hidden: int = 256
     max_length: int = 256
-    features: Literal["joint", "pair"] = Field("joint", description="What the heads read; see squad.inspector.")
+    features: Literal["joint", "pair", "span"] = Field("joint", description="What the heads read; see squad.inspector.")
 
 
 class CriterionEntry(BaseModel):

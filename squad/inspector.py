@@ -6,10 +6,14 @@ Two designs, one API (``Inspector.score``):
 - ``finetuned``: the IBM paper's choice, an encoder fine-tuned per criterion (here a LoRA adapter
   per criterion on one base) with its own head: one encoder pass per criterion.
 
+A shared encoder runs on ONNX Runtime on CPU by default (``runtime="auto"``; see squad.onnx_encoder):
+the same scores as PyTorch, faster.
+
 What a head reads (``features``): ``joint`` is the pooled embedding of question and answer encoded
-together; ``pair`` adds the question and the answer embedded alone and their product, so a head
-sees both how the answer reads and how it relates to the question (better held-out AUROC, and short
-factual answers stop looking like confident falsehoods; see the README's inspector table).
+together; ``span`` adds the question's and the answer's tokens pooled separately from that same
+encoder pass, and their product, so a head sees both how the answer reads and how it relates to the
+question; ``pair`` gets those two from a second pass over question and answer alone (see the
+README's inspector table for AUROC and latency of each).
 """
 from __future__ import annotations
 
@@ -43,45 +47,73 @@ def encode_batch(tokenizer, pairs: list[tuple[str, str]], max_length: int, devic
                      return_tensors="pt").to(device)
 
 
-FEATURES = ("joint", "pair")
+FEATURES = ("joint", "pair", "span")
 
 
 def feature_dim(dim: int, features: str) -> int:
-    return dim * (4 if features == "pair" else 1)
+    return dim * (1 if features == "joint" else 4)
 
 
-def pair_features(embed, tokenizer, pairs: list[tuple[str, str]], max_length: int, features: str,
+def _span_masks(enc) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token masks of the question (first sequence) and the answer (second) in a joint encoding."""
+    ids = [enc.sequence_ids(i) for i in range(enc["input_ids"].shape[0])]
+    q = torch.tensor([[s == 0 for s in row] for row in ids], device=enc["input_ids"].device)
+    a = torch.tensor([[s == 1 for s in row] for row in ids], device=enc["input_ids"].device)
+    return q, a
+
+
+def pair_features(encode, tokenizer, pairs: list[tuple[str, str]], max_length: int, features: str,
                   device: str = "cpu") -> torch.Tensor:
-    """Head input for a batch of pairs. ``embed(encoded) -> pooled`` is the encoder pass."""
-    joint = embed(encode_batch(tokenizer, pairs, max_length, device))
+    """Head input for a batch of pairs. ``encode(encoded) -> last hidden states`` is the encoder pass.
+
+    ``joint``: the pooled joint encoding. ``span``: plus the question's and the answer's tokens
+    pooled separately from that same pass, and their product (one pass). ``pair``: like ``span``
+    but question and answer encoded alone in a second pass.
+    """
+    if features not in FEATURES:
+        raise ValueError(f"inspector features must be one of {FEATURES}, got {features!r}")
+    enc = encode_batch(tokenizer, pairs, max_length, device)
+    hidden = encode(enc)
+    joint = mean_pool(hidden, enc["attention_mask"])
     if features == "joint":
         return joint
-    if features != "pair":
-        raise ValueError(f"inspector features must be one of {FEATURES}, got {features!r}")
-    texts = [q for q, _ in pairs] + [a for _, a in pairs]  # one encoder pass for both sides
-    alone = embed(tokenizer(texts, truncation=True, max_length=max_length, padding=True,
-                            return_tensors="pt").to(device))
-    q, a = alone[:len(pairs)], alone[len(pairs):]
+    if features == "span":
+        qm, am = _span_masks(enc)
+        q, a = mean_pool(hidden, qm), mean_pool(hidden, am)
+    else:
+        texts = [q for q, _ in pairs] + [a for _, a in pairs]  # one encoder pass for both sides
+        alone_enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True,
+                              return_tensors="pt").to(device)
+        alone = mean_pool(encode(alone_enc), alone_enc["attention_mask"])
+        q, a = alone[:len(pairs)], alone[len(pairs):]
     return torch.cat([joint, q, a, q * a], dim=-1)
 
 
 class Inspector:
     def __init__(self, encoder_dir: str | Path, heads: dict[str, Head], kind: str = "shared",
                  adapters: dict[str, Path] | None = None, max_length: int = 256, batch_size: int = 32,
-                 device: str = "cpu", features: str = "joint"):
-        from transformers import AutoModel
-
+                 device: str = "cpu", features: str = "joint", runtime: str = "auto"):
         from squad.models import load_tokenizer
+        from squad.onnx_encoder import OnnxEncoder, pick_runtime
 
         if kind not in ("shared", "finetuned"):
             raise ValueError(f"inspector kind must be 'shared' or 'finetuned', got {kind!r}")
         if features not in FEATURES:
             raise ValueError(f"inspector features must be one of {FEATURES}, got {features!r}")
         self.kind, self.max_length, self.batch_size, self.device = kind, max_length, batch_size, device
-        self.features = features
+        self.features, self.runtime = features, pick_runtime(runtime, kind, device)
         self.tokenizer = load_tokenizer(Path(encoder_dir))
+        if self.runtime == "onnx":
+            self.encoder = OnnxEncoder(encoder_dir, self.tokenizer)
+        else:
+            self.encoder = self._torch_encoder(encoder_dir, adapters, heads)
+        self.heads = nn.ModuleDict(heads).to(device).eval()
+
+    def _torch_encoder(self, encoder_dir, adapters, heads):
+        from transformers import AutoModel
+
         encoder = AutoModel.from_pretrained(encoder_dir, trust_remote_code=False)
-        if kind == "finetuned":
+        if self.kind == "finetuned":
             from peft import PeftModel
 
             names = list(adapters or {})
@@ -90,9 +122,7 @@ class Inspector:
             encoder = PeftModel.from_pretrained(encoder, str(adapters[names[0]]), adapter_name=names[0])
             for n in names[1:]:
                 encoder.load_adapter(str(adapters[n]), adapter_name=n)
-        self.encoder = encoder.to(device).eval()
-        self.heads = nn.ModuleDict(heads).to(device).eval()
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+        return encoder.to(self.device).eval()
 
     @property
     def criteria(self) -> list[str]:
@@ -102,10 +132,10 @@ class Inspector:
         if adapter is not None:
             self.encoder.set_adapter(adapter)
 
-        def embed(enc):
-            return mean_pool(self.encoder(**enc).last_hidden_state, enc["attention_mask"])
+        def encode(enc):
+            return self.encoder(**enc).last_hidden_state
 
-        return pair_features(embed, self.tokenizer, pairs, self.max_length, self.features, self.device)
+        return pair_features(encode, self.tokenizer, pairs, self.max_length, self.features, self.device)
 
     @torch.inference_mode()
     def score(self, pairs: list[tuple[str, str]], criteria: list[str] | None = None) -> list[dict[str, float]]:

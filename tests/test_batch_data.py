@@ -75,7 +75,7 @@ def test_rows_in_equal_rows_out_plus_errors(job):
     rows = [r for p in sorted(job["out"].glob("part-*.jsonl")) for r in _read(p)]
     crits = {s["criterion"] for r in rows for s in r["steps"]}
     assert crits <= {"ethics", "honesty"} and all(len(r["steps"]) == 1 for r in rows)
-    assert summary["ray_data_passes"] == 2 + len(crits)  # inspectors, one aligner pass per criterion, inspectors
+    assert summary["stages"] == 3  # inspectors, one aligner round, inspectors
     assert [r["line"] for r in rows] == [n for n in range(1, 201) if n not in BAD]  # input order kept
     assert all(r["id"] == r["line"] for r in rows)  # extra input fields are kept
 
@@ -124,23 +124,26 @@ def test_parquet_round_trip(tiny_bundle: Path, tmp_path: Path):
     assert err["row"] == 5 and "field 'answer'" in err["error"] and err["raw"]["id"] == 4
 
 
-def test_chunks_bound_memory_and_keep_order(tmp_path: Path, tiny_bundle: Path, monkeypatch):
-    """Chunking and output order, with the passes replaced by in-process fakes (no Ray Data work)."""
-    from squad.batch_data import RayPasses, load_batch_config, run_batch
+def test_chunks_bound_memory_and_keep_order(tmp_path: Path, tiny_bundle: Path):
+    """Chunking and output order, with the pipeline replaced by the in-process run_squad (no Ray Data work)."""
+    from squad.algorithm import run_squad
+    from squad.batch_data import load_batch_config, run_batch
 
     sizes = []
 
-    def inspect(self, pairs, criteria):
-        sizes.append(len(pairs))
-        return [{c: (0.9 if a.isupper() else 0.1) for c in criteria} for _, a in pairs]
+    def stream(states, bundle, cfg, policy):
+        sizes.append(len(states))
+        inspect = lambda pairs, crits: [{c: (0.9 if a.isupper() else 0.1) for c in crits} for _, a in pairs]  # noqa: E731
+        for c in run_squad([(s.question, s.answer) for s in states], inspect,
+                           lambda c, pairs: [a.upper() for _, a in pairs], policy):
+            yield type("Done", (), {"result": lambda self, c=c: c})()
 
-    monkeypatch.setattr(RayPasses, "inspect", inspect)
-    monkeypatch.setattr(RayPasses, "align", lambda self, c, pairs: [a.upper() for _, a in pairs])
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join(json.dumps(_row(i)) for i in range(10)) + "\n\n")  # a blank line is skipped
-    s = run_batch(src, tmp_path / "out", bundle=tiny_bundle, cfg=load_batch_config(None, ["progress=false", "chunk_rows=4"]))
+    s = run_batch(src, tmp_path / "out", bundle=tiny_bundle, cfg=load_batch_config(None, ["progress=false", "chunk_rows=4"]),
+                  stream=stream)
     assert (s["rows_in"], s["rows_out"], s["errors"], s["parts"]) == (10, 10, 0, 3)
-    assert max(sizes) <= 4
+    assert sizes == [4, 4, 2]
     rows = [r for p in sorted((tmp_path / "out").glob("part-*.jsonl")) for r in _read(p)]
     assert [r["id"] for r in rows] == list(range(10)) and all(r["answer"] == r["original"].upper() for r in rows)
 

@@ -33,7 +33,7 @@ def test_offline_is_forced():
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
 
-@pytest.mark.parametrize("features", ["joint", "pair"])
+@pytest.mark.parametrize("features", ["joint", "span", "pair"])
 def test_inspector_scores_batched_and_heads_roundtrip(tmp_path, features):
     from squad.inspector import feature_dim
 
@@ -60,10 +60,66 @@ def test_pair_features_see_question_and_answer_alone():
 
     path = models.resolve("tiny-encoder")
     insp = Inspector(path, {"ethics": Head(128, 8)}, features="pair")
-    x = pair_features(lambda enc: insp.encoder(**enc).last_hidden_state[:, 0], insp.tokenizer,
+    x = pair_features(lambda enc: insp.encoder(**enc).last_hidden_state, insp.tokenizer,
                       [("q one", "answer one"), ("q two", "answer two")], 64, "pair")
     assert x.shape == (2, 128)
     q, a = x[:, 32:64], x[:, 64:96]
     assert torch.allclose(x[:, 96:], q * a)
     with pytest.raises(ValueError, match="features"):
         Inspector(path, {"ethics": Head(32, 8)}, features="cross")
+
+
+def test_span_features_pool_question_and_answer_tokens_of_one_pass():
+    from squad.inspector import encode_batch, mean_pool, pair_features
+
+    path = models.resolve("tiny-encoder")
+    insp = Inspector(path, {"ethics": Head(128, 8)}, features="span")
+    calls = []
+
+    def encode(enc):
+        calls.append(enc["input_ids"].shape)
+        return insp.encoder(**enc).last_hidden_state
+
+    pairs = [("q one", "answer one is longer"), ("a second question", "two")]
+    with torch.inference_mode():
+        x = pair_features(encode, insp.tokenizer, pairs, 64, "span")
+        assert len(calls) == 1  # one encoder pass serves joint, question and answer
+        enc = encode_batch(insp.tokenizer, pairs[:1], 64)
+        hidden = insp.encoder(**enc).last_hidden_state
+        types = enc["token_type_ids"][0]
+        inner = enc["input_ids"][0] != insp.tokenizer.sep_token_id
+        inner &= enc["input_ids"][0] != insp.tokenizer.cls_token_id
+        q_ref = mean_pool(hidden, ((types == 0) & inner).unsqueeze(0).long())
+        a_ref = mean_pool(hidden, ((types == 1) & inner).unsqueeze(0).long())
+    assert torch.allclose(x[0, 32:64], q_ref[0], atol=1e-5)
+    assert torch.allclose(x[0, 64:96], a_ref[0], atol=1e-5)
+    assert torch.allclose(x[:, 96:], x[:, 32:64] * x[:, 64:96])
+
+
+@pytest.mark.parametrize("features", ["joint", "span", "pair"])
+def test_onnx_runtime_scores_match_torch(tmp_path, monkeypatch, features):
+    from squad.inspector import feature_dim
+
+    monkeypatch.setenv("SQUAD_CACHE", str(tmp_path))  # a fresh export
+    torch.manual_seed(1)
+    path = models.resolve("tiny-encoder")
+    heads = {c: Head(feature_dim(32, features), 8).eval() for c in ("ethics", "honesty")}
+    pairs = [("q1", "a1"), ("a longer question here", "and a longer answer too"), ("x " * 300, "y")]
+    on_torch = Inspector(path, heads, features=features, runtime="torch")
+    on_onnx = Inspector(path, heads, features=features, runtime="onnx")
+    assert (on_torch.runtime, on_onnx.runtime) == ("torch", "onnx")
+    assert list((tmp_path / "onnx").glob("*.onnx"))
+    for t, o in zip(on_torch.score(pairs), on_onnx.score(pairs)):
+        assert o == pytest.approx(t, abs=1e-4)
+
+
+def test_runtime_choice_is_validated():
+    from squad.onnx_encoder import pick_runtime
+
+    assert pick_runtime("auto", "finetuned", "cpu") == "torch"  # LoRA encoders stay on PyTorch
+    assert pick_runtime("auto", "shared", "cuda") == "torch"
+    assert pick_runtime("auto", "shared", "cpu") == "onnx"
+    with pytest.raises(ValueError, match="shared encoders on CPU"):
+        pick_runtime("onnx", "finetuned", "cpu")
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        pick_runtime("tensorrt", "shared", "cpu")

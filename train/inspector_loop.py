@@ -28,9 +28,7 @@ def _progress(**kw):
 
 
 def _embedder(encoder):
-    from squad.inspector import mean_pool
-
-    return lambda enc: mean_pool(encoder(**enc).last_hidden_state, enc["attention_mask"])
+    return lambda enc: encoder(**enc).last_hidden_state
 
 
 def embed_pairs(encoder, tok, pairs: list[tuple[str, str]], max_length: int, features: str = "joint",

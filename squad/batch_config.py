@@ -1,0 +1,58 @@
+"""``squad batch`` settings (configs/batch.yaml): resources per pipeline stage, as pydantic models."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from squad.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "batch.yaml"
+
+
+# ---------------------------------------------------------------------------------------------
+# Config (configs/batch.yaml)
+
+
+class _Strict(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+class StageResources(_Strict):
+    concurrency: int = Field(1, ge=1, description="Most actors in each pool of this stage (pools start with one).")
+    batch_size: int = Field(32, ge=1, description="Rows per map_batches call (one model call).")
+    num_cpus: float = Field(0.25, ge=0, description="CPUs reserved per actor; fractional so every stage's pool fits a small machine.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (GPU clusters); the model then runs on CUDA.")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per actor.")
+
+
+class AlignerStage(StageResources):
+    engine: Literal["auto", "hf", "vllm"] = Field(
+        "auto", description="auto: vLLM through ray.data.llm when num_gpus > 0, vllm is installed and the "
+                            "aligners are LoRA adapters; HF transformers otherwise.")
+
+
+class BatchConfig(_Strict):
+    chunk_rows: int = Field(2048, ge=1, description="Valid rows per streamed pipeline run; bounds driver memory.")
+    inspector: StageResources = Field(default_factory=lambda: StageResources(batch_size=16))
+    aligner: AlignerStage = Field(default_factory=lambda: AlignerStage(batch_size=16, concurrency=2, num_cpus=0.3))
+    engine_batch: int = Field(8, ge=1, description="Sequences per HF generate call inside an aligner actor.")
+    progress: bool = Field(True, description="Show a progress bar over rows (stderr).")
+
+
+def load_batch_config(path: str | Path | None = None, overrides: list[str] | None = None) -> BatchConfig:
+    """``path`` (default: configs/batch.yaml, or the built-in defaults where it is absent) plus key=value overrides."""
+    from squad.config import load_config
+
+    if path is None and not DEFAULT_CONFIG.is_file():  # an installed package: built-in defaults plus overrides
+        from omegaconf import OmegaConf
+
+        try:
+            if any("=" not in o for o in overrides or []):
+                raise ValueError(f"overrides must be key=value, got {overrides}")
+            raw = OmegaConf.merge(OmegaConf.create(BatchConfig().model_dump()), OmegaConf.from_dotlist(list(overrides or [])))
+            return BatchConfig.model_validate(OmegaConf.to_container(raw, resolve=True))
+        except Exception as e:
+            raise ConfigError(f"batch config: {e}") from None
+    return load_config(path or DEFAULT_CONFIG, BatchConfig, overrides)

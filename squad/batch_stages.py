@@ -1,0 +1,151 @@
+"""``squad batch`` pipeline stages: the squad algorithm's steps as Ray Data ``map_batches`` actor pools.
+
+Each row carries one pair's state (``squad.algorithm.PairState`` as JSON). An inspector stage
+scores the rows that wait for scores and picks each one's next criterion (``observe``); an aligner
+stage groups the rows by that criterion and runs one aligner call per group (``apply_step``).
+Rows with nothing to do pass through. Actors load their model on the first batch with work for
+them, so a round that no row reaches costs no model load.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from squad.algorithm import PairState, SquadPolicy, apply_step, check_scores, group_by_next, observe
+
+
+class _Stage:
+    def __init__(self, bundle: str, policy: SquadPolicy, threads: int = 1, device: str = "cpu", engine_batch: int = 8):
+        self.bundle, self.policy, self.threads, self.device, self.engine_batch = bundle, policy, threads, device, engine_batch
+        self._model = None
+
+    def model(self):
+        if self._model is None:
+            import torch
+
+            from squad.bundle import read_manifest, resolve_bundle
+
+            torch.set_num_threads(self.threads)
+            path = resolve_bundle(self.bundle)
+            self._model = self.load(path, read_manifest(path))
+        return self._model
+
+    def load(self, path: Path, manifest):
+        raise NotImplementedError
+
+    def step(self, states: list[PairState]) -> None:
+        raise NotImplementedError
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        states = [PairState.from_json(s) for s in batch["state"]]
+        self.step(states)
+        return {"idx": batch["idx"], "state": np.array([st.to_json() for st in states], dtype=object)}
+
+
+class InspectStage(_Stage):
+    """Scores every row waiting for scores (all criteria in play, one batched call)."""
+
+    def load(self, path, manifest):
+        from squad.sdk import load_inspector
+
+        return load_inspector(path, manifest, self.device)
+
+    def step(self, states):
+        todo = [st for st in states if st.needs_scores]
+        if not todo:
+            return
+        crits = list(self.policy.thresholds)
+        scored = check_scores(self.model().score([(st.question, st.answer) for st in todo], crits), len(todo), crits)
+        for st, s in zip(todo, scored):
+            observe(st, s, self.policy, time.time())
+
+
+class AlignStage(_Stage):
+    """Runs each criterion's aligner once over the rows that picked it (adapters multiplexed on one base)."""
+
+    def load(self, path, manifest):
+        from squad.sdk import load_aligner
+
+        aligner = load_aligner(path, manifest, self.device, criteria=list(self.policy.thresholds))
+        aligner.engine.batch_size = self.engine_batch
+        return aligner
+
+    def step(self, states):
+        for crit, group in group_by_next(states).items():
+            apply_step(crit, group, self.model().correct, self.policy, time.time)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU clusters: the aligner round through ray.data.llm's vLLM engine (LoRA adapter per criterion)
+
+
+class VllmPrompts:
+    """Adds the engine's inputs: the aligner prompt and adapter for rows with work, a 1-token no-op otherwise."""
+
+    def __init__(self, bundle: str, base: str, max_new_tokens: int):
+        from squad.bundle import read_manifest, resolve_bundle
+        from squad.models import load_tokenizer
+
+        self.path = resolve_bundle(bundle)
+        self.manifest, self.base, self.n = read_manifest(self.path), base, max_new_tokens
+        self.tokenizer = load_tokenizer(Path(base))
+
+    def __call__(self, row: dict) -> dict:
+        from squad.prompt import build_prompt
+
+        st = PairState.from_json(row["state"])
+        if st.done or st.next is None:
+            return {**row, "prompt": ".", "model": self.base, "max_tokens": 1}
+        entry = self.manifest.criteria[st.next]
+        return {**row, "prompt": build_prompt(self.tokenizer, entry.policy.instruction, st.question, st.answer),
+                "model": str(self.path / entry.aligner), "max_tokens": self.n}
+
+
+class VllmApply:
+    """Puts the generated corrections into the states, grouped by criterion like ``AlignStage``."""
+
+    def __init__(self, policy: SquadPolicy):
+        self.policy = policy
+
+    def __call__(self, batch: dict) -> dict:
+        import numpy as np
+
+        states = [PairState.from_json(s) for s in batch["state"]]
+        text = {id(st): str(t).strip() for st, t in zip(states, batch["generated"])}
+        for crit, group in group_by_next(states).items():
+            apply_step(crit, group, lambda _c, _p, g=group: [text[id(st)] for st in g], self.policy, time.time)
+        return {"idx": batch["idx"], "state": np.array([st.to_json() for st in states], dtype=object)}
+
+
+def vllm_round(ds, bundle: str, path: Path, manifest, policy: SquadPolicy, stage):
+    """One aligner round on vLLM: prompts, the engine (ray.data.llm), then the squad step."""
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from squad.models import load_tokenizer, resolve
+
+    base = str(resolve(manifest.aligner.base))
+    rank = max(json.loads((path / e.aligner / "adapter_config.json").read_text())["r"] for e in manifest.criteria.values())
+    tok = load_tokenizer(Path(base))
+    stop = sorted({t for t in (tok.eos_token, "<|im_end|>", "<|endoftext|>") if t})  # end of the assistant turn
+    conf = vLLMEngineProcessorConfig(
+        model_source=base, concurrency=stage.concurrency, batch_size=stage.batch_size,
+        engine_kwargs={"enable_lora": True, "max_lora_rank": rank, "max_loras": len(manifest.criteria)},
+        chat_template_stage=False, tokenize_stage=False, detokenize_stage=False)
+    processor = build_processor(
+        conf, preprocess=lambda r: {**r, "sampling_params": {"temperature": 0.0, "max_tokens": int(r["max_tokens"]),
+                                                              "stop": stop}},
+        postprocess=lambda r: {"idx": r["idx"], "state": r["state"], "generated": r["generated_text"]})
+    ds = ds.map(VllmPrompts, fn_constructor_kwargs=dict(bundle=bundle, base=base,
+                                                        max_new_tokens=manifest.aligner.max_new_tokens),
+                compute=_pool(1), num_cpus=0.1)
+    return processor(ds).map_batches(VllmApply, fn_constructor_kwargs=dict(policy=policy), compute=_pool(1),
+                                     num_cpus=0.1)
+
+
+def _pool(size: int, max_size: int | None = None):
+    import ray
+
+    return ray.data.ActorPoolStrategy(min_size=size, max_size=max_size or size)
