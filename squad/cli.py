@@ -128,11 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--save", action="store_true", help="store the report in the bundle's manifest.json metrics")
     e.set_defaults(fn=cmd_eval)
 
-    from squad import cli_batch, cli_data, cli_sweep
+    from squad import cli_batch, cli_data, cli_sweep, cli_synth
 
     cli_batch.register(sub)
     cli_sweep.register(sub)
     cli_data.register(sub)
+    cli_synth.register(sub)
     return p
 
 
