@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--max-seconds", type=float, default=240)
     ap.add_argument("--port", type=int, default=8011)
+    ap.add_argument("--inspect-only", action="store_true",
+                    help="only inspectors-only requests: over HTTP and in-process, in one run")
     args = ap.parse_args()
 
     import ray
@@ -78,6 +80,8 @@ def main() -> None:
     thr = {}
     no_upstream = {"base_url": "http://127.0.0.1:9/v1"}  # the chat proxy is not exercised here
     serve.run(build_app({"bundle": "default", "upstream": no_upstream}), name="squad")
+    if args.inspect_only:
+        return inspect_only(url, bodies, args)
     for conc in (1, 8, 32):
         line, thr[conc] = row(f"HTTP /v1/correct, {conc} clients", load(url + "/v1/correct", bodies, conc, len(bodies), args.max_seconds))
         print(line, flush=True)
@@ -115,6 +119,32 @@ def main() -> None:
     print(f"Serve overhead: HTTP at 8 clients / in-process SDK throughput = {thr[8] / (len(bodies) / sdk_s):.2f}x")
     print(f"gated squad / always-apply throughput = {always_s / sdk_s:.2f}x; pass rate after: gated "
           f"{pass_rate([c.answer for c in gated]):.2f}, always-apply {pass_rate([a for _, a in always]):.2f}")
+
+
+def inspect_only(url: str, bodies: list[dict], args) -> None:
+    """Inspectors-only latency over HTTP (1 client) against ``Squad.inspect`` in-process, one run."""
+    import ray
+    from ray import serve
+
+    from squad import Squad
+
+    good = [b for i, b in enumerate(bodies) if i % 2 == 0]
+    r = load(url + "/v1/inspect", good, 1, 4 * len(good), args.max_seconds)
+    line, _ = row("HTTP /v1/inspect (inspectors only), 1 client", r)
+    print(line, flush=True)
+    serve.shutdown()
+    ray.shutdown()
+    squad = Squad.load("default")
+    lat = []
+    for i in range(4 * len(good)):
+        b = good[i % len(good)]
+        t0 = time.perf_counter()
+        squad.inspect(b["question"], b["answer"])
+        lat.append((time.perf_counter() - t0) * 1000)
+    lat = lat[3:]  # warm-up
+    print(f"| in-process Squad.inspect ({squad.inspector.runtime}) | {len(lat)} | - | {p50(lat):.1f} | {p99(lat):.1f} | 0 |")
+    print(f"\nServe overhead on inspectors-only requests, HTTP p50 / in-process p50: "
+          f"{p50(r['latencies_ms']) / p50(lat):.2f}x")
 
 
 if __name__ == "__main__":

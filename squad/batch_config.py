@@ -35,8 +35,8 @@ class AlignerStage(StageResources):
 
 class BatchConfig(_Strict):
     chunk_rows: int = Field(2048, ge=1, description="Valid rows per streamed pipeline run; bounds driver memory.")
-    inspector: StageResources = Field(default_factory=lambda: StageResources(batch_size=16))
-    aligner: AlignerStage = Field(default_factory=lambda: AlignerStage(batch_size=16, concurrency=2, num_cpus=0.3))
+    inspector: StageResources = Field(default_factory=lambda: StageResources(batch_size=64))
+    aligner: AlignerStage = Field(default_factory=lambda: AlignerStage(batch_size=64, num_cpus=0.3, torch_threads=2))
     engine_batch: int = Field(8, ge=1, description="Sequences per HF generate call inside an aligner actor.")
     progress: bool = Field(True, description="Show a progress bar over rows (stderr).")
 

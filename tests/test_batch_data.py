@@ -180,3 +180,29 @@ def test_help_lists_the_interface(capsys):
     assert out.startswith("usage: squad batch")
     for flag in ("--input", "--output", "--bundle", "--format", "--threshold", "RAY_ADDRESS"):
         assert flag in out
+
+
+def test_stages_step_like_run_squad_and_skip_rows_without_work(tiny_bundle: Path):
+    """The pipeline's stage UDFs, called in-process: same results as run_squad; idle stages load nothing."""
+    import numpy as np
+
+    from squad import Squad
+    from squad.algorithm import PairState
+    from squad.batch_stages import AlignStage, InspectStage
+    from squad.sdk import squad_policy
+
+    squad = Squad.load(tiny_bundle)
+    policy = squad_policy(squad.manifest, thresholds=TH, max_steps=1)
+    pairs = [(r["question"], r["answer"]) for r in map(_row, range(5))]
+    batch = {"idx": np.arange(5), "state": np.array([PairState(q, a, a, 0.0).to_json() for q, a in pairs], dtype=object)}
+    inspect, align = InspectStage(str(tiny_bundle), policy), AlignStage(str(tiny_bundle), policy)
+    for stage in (inspect, align, inspect):
+        batch = stage(batch)
+    got = [PairState.from_json(s).result() for s in batch["state"]]
+    squad.manifest = squad.manifest.model_copy(update={"max_steps": 1})
+    ref = squad.correct_batch(pairs, thresholds=TH)
+    for g, r in zip(got, ref):
+        assert (g.answer, [s.criterion for s in g.steps]) == (r.answer, [s.criterion for s in r.steps])
+        assert g.scores == pytest.approx(r.scores, abs=1e-4)
+    idle = AlignStage(str(tiny_bundle), policy)
+    assert idle(batch)["state"].tolist() == batch["state"].tolist() and idle._model is None  # all done: no model load
