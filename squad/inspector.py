@@ -101,9 +101,14 @@ class Inspector:
         if features not in FEATURES:
             raise ValueError(f"inspector features must be one of {FEATURES}, got {features!r}")
         self.kind, self.max_length, self.batch_size, self.device = kind, max_length, batch_size, device
-        self.features, self.runtime = features, pick_runtime(runtime, kind, device)
+        self.features, self.runtime = features, pick_runtime(runtime, device)
         self.tokenizer = load_tokenizer(Path(encoder_dir))
-        if self.runtime == "onnx":
+        if kind == "finetuned" and set(adapters or {}) != set(heads):
+            raise ValueError(f"finetuned inspector needs one adapter per head: {sorted(adapters or {})} vs {sorted(heads)}")
+        self.encoders: dict[str, OnnxEncoder] = {}  # fine-tuned on ONNX: one merged encoder per criterion
+        if self.runtime == "onnx" and kind == "finetuned":
+            self.encoders = {c: OnnxEncoder(encoder_dir, self.tokenizer, adapter=Path(a)) for c, a in adapters.items()}
+        elif self.runtime == "onnx":
             self.encoder = OnnxEncoder(encoder_dir, self.tokenizer)
         else:
             self.encoder = self._torch_encoder(encoder_dir, adapters, heads)
@@ -116,9 +121,7 @@ class Inspector:
         if self.kind == "finetuned":
             from peft import PeftModel
 
-            names = list(adapters or {})
-            if set(names) != set(heads):
-                raise ValueError(f"finetuned inspector needs one adapter per head: {sorted(names)} vs {sorted(heads)}")
+            names = list(adapters)
             encoder = PeftModel.from_pretrained(encoder, str(adapters[names[0]]), adapter_name=names[0])
             for n in names[1:]:
                 encoder.load_adapter(str(adapters[n]), adapter_name=n)
@@ -129,11 +132,12 @@ class Inspector:
         return list(self.heads)
 
     def _features(self, pairs: list[tuple[str, str]], adapter: str | None = None) -> torch.Tensor:
-        if adapter is not None:
+        encoder = self.encoders.get(adapter) if adapter is not None else None
+        if adapter is not None and encoder is None:
             self.encoder.set_adapter(adapter)
 
         def encode(enc):
-            return self.encoder(**enc).last_hidden_state
+            return (encoder or self.encoder)(**enc).last_hidden_state
 
         return pair_features(encode, self.tokenizer, pairs, self.max_length, self.features, self.device)
 

@@ -113,13 +113,38 @@ def test_onnx_runtime_scores_match_torch(tmp_path, monkeypatch, features):
         assert o == pytest.approx(t, abs=1e-4)
 
 
+def test_finetuned_inspector_on_onnx_matches_torch(tmp_path, monkeypatch):
+    """Fine-tuned encoders: each criterion's LoRA adapter is merged and exported on its own."""
+    from squad.train.inspector_loop import finetuned_encoder
+
+    monkeypatch.setenv("SQUAD_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(2)
+    path = models.resolve("tiny-encoder")
+    adapters, heads = {}, {}
+    for c in ("ethics", "honesty"):
+        enc = finetuned_encoder(str(path))
+        for name, p in enc.named_parameters():
+            if "lora_B" in name:  # LoRA starts as a no-op; make each adapter change the encoder
+                torch.nn.init.normal_(p, std=0.5)
+        enc.save_pretrained(tmp_path / c, safe_serialization=True)
+        adapters[c], heads[c] = tmp_path / c, Head(32, 8).eval()
+    pairs = [("q1", "a1"), ("a longer question here", "and a longer answer too")]
+    on_torch = Inspector(path, heads, kind="finetuned", adapters=adapters, runtime="torch")
+    on_onnx = Inspector(path, heads, kind="finetuned", adapters=adapters, runtime="onnx")
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2  # one merged export per criterion
+    t, o = on_torch.score(pairs), on_onnx.score(pairs)
+    for a, b in zip(t, o):
+        assert b == pytest.approx(a, abs=1e-4)
+    shared = Inspector(path, heads, runtime="torch").score(pairs)
+    assert any(abs(shared[i][c] - t[i][c]) > 1e-3 for i in range(2) for c in heads)  # the adapters are in play
+
+
 def test_runtime_choice_is_validated():
     from squad.onnx_encoder import pick_runtime
 
-    assert pick_runtime("auto", "finetuned", "cpu") == "torch"  # LoRA encoders stay on PyTorch
-    assert pick_runtime("auto", "shared", "cuda") == "torch"
-    assert pick_runtime("auto", "shared", "cpu") == "onnx"
-    with pytest.raises(ValueError, match="shared encoders on CPU"):
-        pick_runtime("onnx", "finetuned", "cpu")
+    assert pick_runtime("auto", "cuda") == "torch"
+    assert pick_runtime("auto", "cpu") == "onnx"
+    with pytest.raises(ValueError, match="CPU only"):
+        pick_runtime("onnx", "cuda")
     with pytest.raises(ValueError, match="runtime must be one of"):
-        pick_runtime("tensorrt", "shared", "cpu")
+        pick_runtime("tensorrt", "cpu")
