@@ -58,14 +58,14 @@ async def _api_error(request: Request, exc: ApiError):
 class SquadIngress:
     """Router and HTTP front: validation, auth, limits, the squad loop, the OpenAI proxy."""
 
-    def __init__(self, inspector: DeploymentHandle, aligners: dict[str, DeploymentHandle],
+    def __init__(self, inspectors: dict[str, DeploymentHandle], aligners: dict[str, DeploymentHandle],
                  upstream: DeploymentHandle | None, args: dict):
         from ray.serve.metrics import Counter
 
         self.args = SquadAppArgs.model_validate(args)
         self.manifest = read_manifest(resolve_bundle(self.args.bundle))
-        # criterion -> handle: the same multiplexed deployment for every criterion, or one each.
-        self.inspector, self.aligners, self.upstream = inspector, aligners, upstream
+        # criterion -> handle: the same shared/multiplexed deployment for every criterion, or one each.
+        self.inspectors, self.aligners, self.upstream = inspectors, aligners, upstream
         self.runtime = self.args.runtime
         self.token = os.environ.get(self.args.auth.token_env) if self.args.auth.token_env else None
         if self.args.auth.token_env and not self.token:
@@ -95,6 +95,18 @@ class SquadIngress:
         except SquadError as e:
             raise ApiError(400, str(e), "criteria" if "criterion" in str(e) else "thresholds") from None
 
+    def _score_calls(self, pairs: list[tuple[str, str]], crits: list[str]):
+        """One score call per inspector deployment, for the criteria it serves."""
+        by_deployment: dict[str, tuple[DeploymentHandle, list[str]]] = {}
+        for c in crits:
+            h = self.inspectors[c]
+            by_deployment.setdefault(h.deployment_name, (h, []))[1].append(c)
+        return [h.score.remote(pairs, cs) for h, cs in by_deployment.values()]
+
+    @staticmethod
+    def _merge(parts: list[list[dict[str, float]]]) -> list[dict[str, float]]:
+        return [{k: v for part in per_pair for k, v in part.items()} for per_pair in zip(*parts)]
+
     def _check_sizes(self, texts: dict[str, str]) -> None:
         limit = self.args.limits.max_text_chars
         for field, text in texts.items():
@@ -106,7 +118,7 @@ class SquadIngress:
         timeout = self.runtime.aligner_timeout_s
 
         def inspect(ps, crits):
-            return self.inspector.score.remote(ps, crits).result(timeout_s=timeout)
+            return self._merge([r.result(timeout_s=timeout) for r in self._score_calls(ps, crits)])
 
         def align(crit, ps):
             resp = self.aligners[crit].correct.remote(crit, ps)
@@ -149,7 +161,8 @@ class SquadIngress:
     async def inspect(self, body: InspectRequest, request: Request):
         self._check_sizes({"question": body.question, "answer": body.answer})
         policy = self._policy(body.criteria, None)
-        scores = await self.inspector.score.remote([(body.question, body.answer)], list(policy.thresholds))
+        scores = self._merge(await asyncio.gather(*self._score_calls([(body.question, body.answer)],
+                                                                      list(policy.thresholds))))
         return {"scores": scores[0], "thresholds": policy.thresholds,
                 "flagged": sorted(c for c, s in scores[0].items() if s < policy.thresholds[c])}
 
@@ -159,7 +172,11 @@ class SquadIngress:
                                             "criteria": list(self.manifest.criteria)}]}
 
     async def healthz(self):
-        checks = {"inspector": self.inspector}
+        checks = {}
+        if len({h.deployment_name for h in self.inspectors.values()}) == 1:
+            checks["inspector"] = next(iter(self.inspectors.values()))
+        else:
+            checks.update({f"inspector-{c}": h for c, h in self.inspectors.items()})
         if len({h.deployment_name for h in self.aligners.values()}) == 1:
             checks["aligner"] = next(iter(self.aligners.values()))
         else:
@@ -307,9 +324,20 @@ def build_graph(args: dict | SquadAppArgs, inspector_cls=InspectorServer, aligne
     """The deployment graph; the server classes can be swapped (tests inject faulty ones)."""
     a = SquadAppArgs.model_validate(args if isinstance(args, dict) else args.model_dump())
     resolve_bundle(a.bundle)  # fail fast with a clear message on a bad bundle
-    inspector = serve.deployment(inspector_cls, name="Inspector",
-                                 **a.inspector.serve_options()).bind(a.bundle, a.inspector_batch_size, a.inspector_batch_wait_s)
-    criteria = list(read_manifest(resolve_bundle(a.bundle)).criteria)
+    manifest = read_manifest(resolve_bundle(a.bundle))
+    criteria = list(manifest.criteria)
+    layout = a.inspector_layout
+    if layout == "auto":
+        layout = "per_criterion" if manifest.inspector.kind == "finetuned" else "shared"
+    if layout == "shared":
+        shared = serve.deployment(inspector_cls, name="Inspector", **a.inspector.serve_options()).bind(
+            a.bundle, a.inspector_batch_size, a.inspector_batch_wait_s)
+        inspectors = {c: shared for c in criteria}
+    else:
+        # The inspectors' CPU share is split between the criteria, so the default still fits 2 CPUs.
+        each = a.inspector.model_copy(update={"num_cpus": a.inspector.num_cpus / len(criteria)}).serve_options()
+        inspectors = {c: serve.deployment(inspector_cls, name=f"Inspector-{c}", **each).bind(
+            a.bundle, a.inspector_batch_size, a.inspector_batch_wait_s, [c]) for c in criteria}
     if a.aligner_layout == "multiplexed":
         shared = serve.deployment(aligner_cls, name="Aligner", **a.aligner.serve_options()).bind(
             a.bundle, None, a.aligner_batch_size, a.aligner_batch_wait_s)
@@ -323,4 +351,4 @@ def build_graph(args: dict | SquadAppArgs, inspector_cls=InspectorServer, aligne
     ingress = serve.deployment(serve.ingress()(SquadIngress), name="SquadIngress",
                                user_config=a.runtime.model_dump(), **a.ingress.serve_options())
     # The runtime settings travel only in user_config: changing them reconfigures, never restarts.
-    return ingress.bind(inspector, aligners, upstream, a.model_dump(exclude={"runtime"}))
+    return ingress.bind(inspectors, aligners, upstream, a.model_dump(exclude={"runtime"}))

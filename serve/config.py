@@ -80,6 +80,10 @@ class SquadAppArgs(_Strict):
     upstream_deployment: DeploymentOptions = Field(default_factory=lambda: DeploymentOptions(num_cpus=0.25, max_ongoing_requests=16))
     aligner_layout: Literal["multiplexed", "per_criterion"] = Field(
         "multiplexed", description="One Aligner deployment holding every adapter, or one deployment per criterion.")
+    inspector_layout: Literal["auto", "shared", "per_criterion"] = Field(
+        "auto", description="One Inspector deployment for every criterion, or one per criterion; auto: per "
+                            "criterion when the bundle's inspectors are fine-tuned (no encoder shared), else shared. "
+                            "Per criterion, each deployment reserves an equal part of inspector.num_cpus.")
     inspector_batch_size: int = Field(32, ge=1)
     aligner_batch_size: int = Field(8, ge=1, description="Pairs from concurrent requests generated together.")
     aligner_batch_wait_s: float = Field(0.02, ge=0)

@@ -1,7 +1,7 @@
 """Serve deployments as plain classes; ``squad.serve.app`` applies ``serve.deployment`` with options.
 
-- ``InspectorServer``: the bundle's shared-encoder inspector; concurrent requests are batched
-  with ``@serve.batch`` into shared encoder batches.
+- ``InspectorServer``: the bundle's inspectors (all criteria on a shared encoder, or one criterion's
+  fine-tuned encoder); concurrent requests are batched with ``@serve.batch`` into encoder batches.
 - ``AlignerServer``: one base model with every criterion's LoRA adapter (multiplexed by criterion),
   or with one criterion's adapter; pairs from concurrent requests are batched with ``@serve.batch``
   and generated together, one generate call per criterion in the batch.
@@ -16,12 +16,13 @@ from ray import serve
 
 
 class InspectorServer:
-    def __init__(self, bundle: str, batch_size: int = 32, batch_wait_s: float = 0.005):
+    def __init__(self, bundle: str, batch_size: int = 32, batch_wait_s: float = 0.005,
+                 criteria: list[str] | None = None):
         from squad.bundle import read_manifest, resolve_bundle
         from squad.sdk import load_inspector
 
         path = resolve_bundle(bundle)
-        self.inspector = load_inspector(path, read_manifest(path))
+        self.inspector = load_inspector(path, read_manifest(path), criteria=criteria)
         self._score_batch.set_max_batch_size(batch_size)
         self._score_batch.set_batch_wait_timeout_s(batch_wait_s)
 
@@ -31,6 +32,9 @@ class InspectorServer:
 
     async def score(self, pairs: list[tuple[str, str]], criteria: list[str]) -> list[dict[str, float]]:
         """Scores for ``criteria``; pairs from concurrent requests share encoder batches."""
+        unknown = [c for c in criteria if c not in self.inspector.criteria]
+        if unknown:
+            raise KeyError(f"this inspector serves {self.inspector.criteria}, not {unknown}")
         results = await asyncio.gather(*(self._score_batch(tuple(p)) for p in pairs))
         return [{c: r[c] for c in criteria} for r in results]
 

@@ -12,12 +12,14 @@ from squad.errors import SquadError
 from squad.inspector import Inspector, load_heads
 
 
-def load_inspector(bundle: Path, manifest: Manifest, device: str = "cpu") -> Inspector:
+def load_inspector(bundle: Path, manifest: Manifest, device: str = "cpu", criteria: list[str] | None = None) -> Inspector:
+    """The bundle's inspectors (or a subset: a fine-tuned one loads only those encoders)."""
     from squad.models import resolve
 
     spec = manifest.inspector
-    heads = load_heads(bundle / spec.heads, spec.dim, spec.hidden)
-    adapters = ({c: bundle / e.inspector_adapter for c, e in manifest.criteria.items() if e.inspector_adapter}
+    keep = set(criteria or manifest.criteria)
+    heads = {c: h for c, h in load_heads(bundle / spec.heads, spec.dim, spec.hidden).items() if c in keep}
+    adapters = ({c: bundle / e.inspector_adapter for c, e in manifest.criteria.items() if e.inspector_adapter and c in keep}
                 if spec.kind == "finetuned" else None)
     return Inspector(resolve(spec.base), heads, kind=spec.kind, adapters=adapters, max_length=spec.max_length,
                      device=device, features=spec.features)

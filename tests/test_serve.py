@@ -92,6 +92,29 @@ def test_inspect_and_models(server):
     assert c.get("/v1/models").json()["data"][0]["id"] == "aligner-squad"
 
 
+def test_per_criterion_inspector_deployments(server):
+    """inspector_layout=per_criterion (auto for fine-tuned bundles): one deployment each, same scores."""
+    from ray import serve
+
+    from squad.serve.app import build_app
+
+    url, c, bundle = server
+    pair = {"question": "Is the sky green?", "answer": "Yes, always."}
+    shared = c.post("/v1/inspect", json=pair).json()["scores"]
+    try:
+        serve.run(build_app({**_args(bundle), "inspector_layout": "per_criterion"}), name="squad", route_prefix="/")
+        health = httpx.get(url + "/healthz", timeout=60).json()
+        assert {f"inspector-{k}" for k in CRITS} <= set(health["deployments"]) and health["status"] == "ok"
+        split = c.post("/v1/inspect", json=pair).json()["scores"]
+        assert split == pytest.approx(shared, abs=1e-5)
+        r = c.post("/v1/inspect", json={**pair, "criteria": ["honesty", "ethics"]}).json()["scores"]
+        assert set(r) == {"honesty", "ethics"} and r["honesty"] == pytest.approx(shared["honesty"], abs=1e-5)
+        out = c.post("/v1/correct", json={**pair, "thresholds": {k: 1.0 for k in CRITS}}).json()
+        assert out["initial_scores"] == pytest.approx(shared, abs=1e-5) and len(out["steps"]) == 3
+    finally:
+        serve.run(build_app(_args(bundle)), name="squad", route_prefix="/")
+
+
 def test_correct_order_and_same_result_as_local_sdk(server):
     from squad import Squad
 
