@@ -135,8 +135,12 @@ def train_squad(cfg: TrainConfig, root: Path | None = None, log=print) -> Path:
     own_ray = not ray.is_initialized()
     if own_ray:
         if cfg.local_mode or not os.environ.get("RAY_ADDRESS"):
+            # Six trainers starting at once on a small busy machine can take minutes to get their workers
+            # up; Ray Train's 60 s default then fails the run, so wait longer unless told otherwise.
+            wait = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")
             ray.init(include_dashboard=False, log_to_driver=True,
-                     runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
+                     runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                                               "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": wait}})
         else:
             ray.init(address=os.environ["RAY_ADDRESS"])
     try:
