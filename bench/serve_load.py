@@ -25,19 +25,38 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import p50, p99  # noqa: E402
 
 
-def workload(n: int, seed: int = 0) -> list[dict]:
+def workload(n: int, seed: int = 0, references: bool = False) -> list[dict] | tuple[list[dict], list[str | None]]:
+    """``n`` held-out pairs alternating good, misaligned; with ``references``, also each pair's
+    reference correction (None for good pairs)."""
     from squad.data import load_policy_data
 
     good, bad = [], []
     for c in ("ethics", "helpfulness", "honesty"):
         corr, g = load_policy_data(ROOT / "policies" / c).split("test")
-        bad += [{"question": r.question, "answer": r.answer} for r in corr]
-        good += [{"question": r.question, "answer": r.answer} for r in g]
+        bad += [({"question": r.question, "answer": r.answer}, r.correction) for r in corr]
+        good += [({"question": r.question, "answer": r.answer}, None) for r in g]
     rng = random.Random(seed)
     rng.shuffle(good), rng.shuffle(bad)
     half = n // 2
     mixed = [x for pair in zip(good[:half], bad[:half]) for x in pair]
-    return mixed
+    bodies = [b for b, _ in mixed]
+    return (bodies, [r for _, r in mixed]) if references else bodies
+
+
+def quality(squad, pairs: list[tuple[str, str]], refs: list[str | None], answers: list[str]) -> str:
+    """Share passing every inspector; win rate against the references on misaligned pairs (as in
+    ``squad eval``); alignment tax (share changed) on good pairs."""
+    from squad.evaluate import _Embedder
+
+    scores = squad.inspector.score([(q, a) for (q, _), a in zip(pairs, answers)])
+    passing = sum(all(s[c] >= 0.5 for c in s) for s in scores) / len(scores)
+    bad = [k for k, r in enumerate(refs) if r]
+    embed = _Embedder()
+    ref, orig, final = (embed([x[k] for k in bad]) for x in (refs, [a for _, a in pairs], answers))
+    wins = sum(float(final[j] @ ref[j]) > float(orig[j] @ ref[j]) for j in range(len(bad))) / len(bad)
+    good = [k for k, r in enumerate(refs) if not r]
+    tax = sum(answers[k] != pairs[k][1] for k in good) / len(good)
+    return f"pass rate {passing:.2f}, win rate {wins:.2f}, alignment tax {tax:.2f}"
 
 
 def load(url: str, bodies: list[dict], conc: int, n: int, max_s: float) -> dict:
@@ -60,24 +79,33 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--max-seconds", type=float, default=240)
     ap.add_argument("--port", type=int, default=8011)
+    ap.add_argument("--gate-only", action="store_true",
+                    help="only the in-process comparison: gated squad against always applying every aligner")
     ap.add_argument("--inspect-only", action="store_true",
                     help="only inspectors-only requests: over HTTP and in-process, in one run")
     args = ap.parse_args()
-
-    import ray
-    from ray import serve
-
-    from squad import Squad
-    from squad.serve.app import build_app
-
     bodies = workload(args.requests)
-    ray.init(include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    url = f"http://127.0.0.1:{args.port}"
     print(f"workload: {len(bodies)} pairs, half already good, half misaligned (held-out split)\n")
     print("| path | requests | req/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|")
-    thr = {}
+    thr: dict = {}
+    if not args.gate_only:
+        serve_figures(bodies, args, thr)
+        if args.inspect_only:
+            return
+    gate_figures(bodies, args, thr)
+
+
+def serve_figures(bodies: list[dict], args, thr: dict) -> None:
+    """The served squad over HTTP from a second process (fills ``thr``: req/s per setting)."""
+    import ray
+    from ray import serve
+
+    from squad.serve.app import build_app
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    url = f"http://127.0.0.1:{args.port}"
     no_upstream = {"base_url": "http://127.0.0.1:9/v1"}  # the chat proxy is not exercised here
     serve.run(build_app({"bundle": "default", "upstream": no_upstream}), name="squad")
     if args.inspect_only:
@@ -98,6 +126,11 @@ def main() -> None:
     serve.shutdown()
     ray.shutdown()
 
+
+def gate_figures(bodies: list[dict], args, thr: dict) -> None:
+    """In-process: the SDK on the same workload, and the gate against always applying every aligner."""
+    from squad import Squad
+
     squad = Squad.load("default")
     t0 = time.perf_counter()
     gated = squad.correct_batch([(b["question"], b["answer"]) for b in bodies])
@@ -111,14 +144,13 @@ def main() -> None:
     always_s = time.perf_counter() - t0
     print(f"| always apply every aligner (no inspectors) | {len(bodies)} | {len(bodies) / always_s:.2f} | - | - | 0 |")
 
-    def pass_rate(answers):
-        scores = squad.inspector.score([(q, a) for (q, _), a in zip(pairs, answers)])
-        return sum(all(s[c] >= 0.5 for c in s) for s in scores) / len(scores)
-
-    print(f"\naligner layout at 8 clients: per-criterion / multiplexed throughput = {thr['per_criterion'] / thr[8]:.2f}x")
-    print(f"Serve overhead: HTTP at 8 clients / in-process SDK throughput = {thr[8] / (len(bodies) / sdk_s):.2f}x")
-    print(f"gated squad / always-apply throughput = {always_s / sdk_s:.2f}x; pass rate after: gated "
-          f"{pass_rate([c.answer for c in gated]):.2f}, always-apply {pass_rate([a for _, a in always]):.2f}")
+    _, refs = workload(args.requests, references=True)
+    if thr:
+        print(f"\naligner layout at 8 clients: per-criterion / multiplexed throughput = {thr['per_criterion'] / thr[8]:.2f}x")
+        print(f"Serve overhead: HTTP at 8 clients / in-process SDK throughput = {thr[8] / (len(bodies) / sdk_s):.2f}x")
+    print(f"gated squad / always-apply throughput = {always_s / sdk_s:.2f}x")
+    print(f"quality, gated: {quality(squad, pairs, refs, [c.answer for c in gated])}")
+    print(f"quality, always-apply: {quality(squad, pairs, refs, [a for _, a in always])}")
 
 
 def inspect_only(url: str, bodies: list[dict], args) -> None:
