@@ -69,6 +69,28 @@ def test_resume_continues_from_checkpoint(tiny_bundle: Path, tmp_path: Path):
     assert Squad.load(out).inspect("q", "a")
 
 
+def test_finetuned_inspectors_make_a_bundle_that_loads(tiny_bundle: Path, tmp_path: Path):
+    """inspector.kind=finetuned (the default squad's): one LoRA encoder per criterion in the bundle."""
+    from squad.config import load_config
+    from squad.train.config import TrainConfig
+    from squad.train.launcher import train_squad
+
+    cfg = load_config(ROOT / "configs" / "train_tiny.yaml", TrainConfig,
+                      [f"policies={ROOT / 'policies'}", f"output={tmp_path / 'ft'}",
+                       f"storage={tiny_bundle.parent / 'runs'}",  # the aligners resume, already finished
+                       "inspector.kind=finetuned", "inspector.finetune_epochs=1", "evaluate=false"])
+    out = train_squad(cfg, root=ROOT, log=lambda *_: None)
+    m = read_manifest(out)
+    assert m.inspector.kind == "finetuned"
+    for c, entry in m.criteria.items():
+        names = sorted(p.name for p in (out / entry.inspector_adapter).iterdir())
+        assert names == ["adapter_config.json", "adapter_model.safetensors"], names
+    squad = Squad.load(out)
+    assert squad.inspector.runtime == "onnx" and sorted(squad.inspector.encoders) == sorted(m.criteria)
+    scores = squad.inspect("What is 2+2?", "4")
+    assert set(scores) == set(m.criteria) and all(0 <= v <= 1 for v in scores.values())
+
+
 def test_changed_job_trains_from_scratch(tmp_path: Path):
     from squad.train.launcher import _resume_point, job_fingerprint
 

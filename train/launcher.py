@@ -199,7 +199,9 @@ def assemble_bundle(cfg: TrainConfig, root: Path, policies, ckpts: dict[str, Pat
         for c in policies:
             src = ckpts[f"inspector-{c}"]
             heads.update(load_heads(src / "heads.safetensors", _dim(cfg), cfg.inspector.hidden))
-            shutil.copytree(src / "adapter", tmp / "inspector" / "adapters" / c)
+            # Weights and config only, like the aligners (peft also writes a generic model card).
+            shutil.copytree(src / "adapter", tmp / "inspector" / "adapters" / c,
+                            ignore=lambda _d, names: [n for n in names if not n.endswith((".json", ".safetensors"))])
             entries[c].inspector_adapter = f"inspector/adapters/{c}"
         save_heads(heads, tmp / "inspector" / "heads.safetensors")
     manifest = Manifest(
