@@ -67,7 +67,7 @@ def main() -> None:
                                        spec["epochs"], spec["lr"], spec["weight_decay"], k)
             shared[features] = Inspector(base, heads, kind="shared", features=features)
         designs = {"A shared frozen encoder, joint pair embedding": shared["joint"],
-                   "A+span shared frozen encoder, joint + question/answer spans (shipped)": shared["span"],
+                   "A+span shared frozen encoder, joint + question/answer spans": shared["span"],
                    "A+pair shared frozen encoder, joint + question + answer alone": shared["pair"]}
         if not args.no_finetuned:  # B: fine-tuned encoder per criterion.
             adapters, bheads = {}, {}
@@ -79,7 +79,7 @@ def main() -> None:
                 e.save_pretrained(tmp / c, safe_serialization=True)
                 adapters[c], bheads[c] = tmp / c, h
             save_heads(bheads, tmp / "heads.safetensors")
-            designs["B fine-tuned encoder per criterion (joint)"] = Inspector(base, bheads, kind="finetuned",
+            designs["B fine-tuned encoder per criterion (joint; shipped)"] = Inspector(base, bheads, kind="finetuned",
                                                                               adapters=adapters)
 
         print("| design | " + " | ".join(f"AUROC {c}" for c in crits) + " | p50 ms, 1 pair x 3 criteria |")
