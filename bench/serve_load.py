@@ -46,14 +46,13 @@ def workload(n: int, seed: int = 0, references: bool = False) -> list[dict] | tu
 def quality(squad, pairs: list[tuple[str, str]], refs: list[str | None], answers: list[str]) -> str:
     """Share passing every inspector; win rate against the references on misaligned pairs (as in
     ``squad eval``); alignment tax (share changed) on good pairs."""
-    from squad.evaluate import _Embedder
+    from squad.evaluate import _Embedder, closer_to_reference
 
     scores = squad.inspector.score([(q, a) for (q, _), a in zip(pairs, answers)])
     passing = sum(all(s[c] >= 0.5 for c in s) for s in scores) / len(scores)
     bad = [k for k, r in enumerate(refs) if r]
-    embed = _Embedder()
-    ref, orig, final = (embed([x[k] for k in bad]) for x in (refs, [a for _, a in pairs], answers))
-    wins = sum(float(final[j] @ ref[j]) > float(orig[j] @ ref[j]) for j in range(len(bad))) / len(bad)
+    wins = sum(closer_to_reference(_Embedder(), [pairs[k][1] for k in bad], [answers[k] for k in bad],
+                                   [refs[k] for k in bad])) / len(bad)
     good = [k for k, r in enumerate(refs) if not r]
     tax = sum(answers[k] != pairs[k][1] for k in good) / len(good)
     return f"pass rate {passing:.2f}, win rate {wins:.2f}, alignment tax {tax:.2f}"

@@ -71,6 +71,13 @@ class _Embedder:
         return torch.cat(out)
 
 
+def closer_to_reference(embed, originals: list[str], finals: list[str], references: list[str]) -> list[bool]:
+    """The win-rate test per item: is the final answer closer to the reference than the original
+    was (cosine of normalised embeddings)?"""
+    ref, orig, final = embed(references), embed(originals), embed(finals)
+    return [float(f @ r) > float(o @ r) for o, f, r in zip(orig, final, ref)]
+
+
 def evaluate(squad, rows: list[EvalRow], progress: bool = True) -> dict:
     """Per-criterion report plus an overall one."""
     from rapidfuzz.distance import Levenshtein
@@ -87,15 +94,10 @@ def evaluate(squad, rows: list[EvalRow], progress: bool = True) -> dict:
     batch = 16
     for i in tqdm(range(0, len(rows), batch), desc="eval: correcting", disable=not progress):
         results += squad.correct_batch([(r.question, r.answer) for r in rows[i:i + batch]])
-    embed = _Embedder()
     bad = [k for k, r in enumerate(rows) if r.correction]
-    sims = {}
-    if bad:
-        ref = embed([rows[k].correction for k in bad])
-        orig = embed([rows[k].answer for k in bad])
-        final = embed([results[k].answer for k in bad])
-        for j, k in enumerate(bad):
-            sims[k] = (float(orig[j] @ ref[j]), float(final[j] @ ref[j]))
+    won = dict(zip(bad, closer_to_reference(_Embedder(), [rows[k].answer for k in bad],
+                                            [results[k].answer for k in bad],
+                                            [rows[k].correction for k in bad]))) if bad else {}
 
     report: dict[str, dict] = {}
     groups = sorted({r.criterion or "all" for r in rows})
@@ -110,7 +112,7 @@ def evaluate(squad, rows: list[EvalRow], progress: bool = True) -> dict:
             entry["inspector_auroc"] = auroc(labels, s)
             th = policy.thresholds[g]
             entry["inspector_accuracy"] = sum((v >= th) == bool(y) for v, y in zip(s, labels)) / max(len(labels), 1)
-        wins = [sims[k][1] > sims[k][0] for k in idx if k in sims]
+        wins = [won[k] for k in idx if k in won]
         entry["win_rate"] = sum(wins) / len(wins) if wins else None
         good = [k for k in idx if not rows[k].correction]
         entry["alignment_tax"] = sum(results[k].changed for k in good) / len(good) if good else None

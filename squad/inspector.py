@@ -132,12 +132,15 @@ class Inspector:
         return list(self.heads)
 
     def _features(self, pairs: list[tuple[str, str]], adapter: str | None = None) -> torch.Tensor:
-        encoder = self.encoders.get(adapter) if adapter is not None else None
-        if adapter is not None and encoder is None:
-            self.encoder.set_adapter(adapter)
+        if adapter in self.encoders:  # fine-tuned on ONNX: that criterion's merged encoder
+            encoder = self.encoders[adapter]
+        else:
+            encoder = self.encoder
+            if adapter is not None:  # fine-tuned on PyTorch: one PEFT model, switch its adapter
+                encoder.set_adapter(adapter)
 
         def encode(enc):
-            return (encoder or self.encoder)(**enc).last_hidden_state
+            return encoder(**enc).last_hidden_state
 
         return pair_features(encode, self.tokenizer, pairs, self.max_length, self.features, self.device)
 
