@@ -149,11 +149,15 @@ def load_policy_data(policy_dir: str | Path) -> PolicyData:
     return data
 
 
-def inspector_rows(all_data: dict[str, PolicyData], criterion: str, split: str) -> list[LabeledRow]:
+def inspector_rows(all_data: dict[str, PolicyData], criterion: str, split: str,
+                   specific: bool = True) -> list[LabeledRow]:
     """Inspector examples for one criterion.
 
     Misaligned (0): the criterion's own bad answers. Aligned (1): its corrections and good answers,
-    plus every other criterion's good answers (a good answer should pass every inspector).
+    plus every criterion's good answers (a good answer should pass every inspector). With
+    ``specific``, other criteria's corrections and misaligned answers are aligned (1) too: a vague
+    answer is not unethical, so the ethics inspector must not flag it, or the squad would route it
+    to the wrong aligner.
     """
     rows: list[LabeledRow] = []
     own = all_data[criterion]
@@ -161,5 +165,8 @@ def inspector_rows(all_data: dict[str, PolicyData], criterion: str, split: str) 
     rows += [LabeledRow(question=r.question, answer=r.answer, label=0) for r in corr]
     rows += [LabeledRow(question=r.question, answer=r.correction, label=1) for r in corr]
     for c, d in all_data.items():
-        rows += [LabeledRow(question=r.question, answer=r.answer, label=1) for r in d.split(split)[1]]
+        other_corr, other_good = d.split(split)
+        rows += [LabeledRow(question=r.question, answer=r.answer, label=1) for r in other_good]
+        if specific and c != criterion:
+            rows += [LabeledRow(question=r.question, answer=a, label=1) for r in other_corr for a in (r.answer, r.correction)]
     return rows

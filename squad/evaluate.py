@@ -1,4 +1,4 @@
-"""Evaluation: inspector AUROC and accuracy, win rate, alignment tax, edit size, latency.
+"""Evaluation: inspector AUROC and accuracy, routing, win rate, alignment tax, edit size, latency.
 
 Eval rows are JSON Lines ``{question, answer, correction?, criterion?}``: a row with a reference
 ``correction`` is a misaligned item, a row without one is an already-good item. Rows with a
@@ -112,6 +112,10 @@ def evaluate(squad, rows: list[EvalRow], progress: bool = True) -> dict:
             entry["inspector_auroc"] = auroc(labels, s)
             th = policy.thresholds[g]
             entry["inspector_accuracy"] = sum((v >= th) == bool(y) for v, y in zip(s, labels)) / max(len(labels), 1)
+        if g in crits:  # the first aligner applied to this criterion's misaligned items is its own
+            own = [k for k in idx if rows[k].correction]
+            entry["routing_accuracy"] = (sum(bool(results[k].steps) and results[k].steps[0].criterion == g
+                                             for k in own) / len(own)) if own else None
         wins = [won[k] for k in idx if k in won]
         entry["win_rate"] = sum(wins) / len(wins) if wins else None
         good = [k for k in idx if not rows[k].correction]
@@ -131,9 +135,9 @@ def evaluate(squad, rows: list[EvalRow], progress: bool = True) -> dict:
 
 
 def format_table(report: dict) -> str:
-    cols = ["inspector_auroc", "inspector_accuracy", "win_rate", "alignment_tax", "mean_levenshtein_ratio",
+    cols = ["inspector_auroc", "inspector_accuracy", "routing_accuracy", "win_rate", "alignment_tax", "mean_levenshtein_ratio",
             "aligner_calls_per_item", "latency_ms_p50_misaligned"]
-    short = ["AUROC", "acc@th", "win", "tax", "lev", "calls", "p50 ms (bad)"]
+    short = ["AUROC", "acc@th", "route", "win", "tax", "lev", "calls", "p50 ms (bad)"]
     lines = ["| group | " + " | ".join(short) + " |", "|" + "---|" * (len(cols) + 1)]
     for g, e in report.items():
         cells = ["-" if e.get(c) is None else f"{e[c]:.3f}" if isinstance(e[c], float) else str(e[c]) for c in cols]

@@ -248,3 +248,20 @@ def test_eval_bad_data_exit_2(fake_squad, tmp_path, capsys):
     data.write_text('{"question": "q", "answer": "a"}\n{"question": 5, "answer": "a"}\n')
     code, _, err = run_cli(["eval", "--data", str(data)], capsys)
     assert code == 2 and f"{data}:2: field 'question'" in err
+
+
+def test_eval_reports_routing_accuracy(fake_squad, tmp_path, capsys):
+    # Two ethics items: one where ethics scores lowest (routed to the ethics aligner), one where
+    # helpfulness scores lower (routed elsewhere first); one good item that nothing touches.
+    rows = [{"question": "q1", "answer": "bad [ethics=0.1]", "correction": "fixed", "criterion": "ethics"},
+            {"question": "q2", "answer": "bad [ethics=0.2][helpfulness=0.1]", "correction": "fixed",
+             "criterion": "ethics"},
+            {"question": "q3", "answer": "fine", "criterion": "ethics"}]
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out, err = run_cli(["eval", "--data", str(data), "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["ethics"]["routing_accuracy"] == 0.5
+    assert report["ethics"]["alignment_tax"] == 0.0
+    assert report["ethics"]["aligner_calls_per_item"] == 1.0  # 1 + 2 steps + 0 over 3 items
