@@ -41,16 +41,18 @@ def main() -> None:
     from squad.evaluate import auroc
     from squad.inspector import Head, Inspector, save_heads
     from squad.models import load_tokenizer, resolve
+    from squad.policy import load_policies
     from squad.train.config import InspectorTrain
     from squad.train.inspector_loop import embed_pairs, finetuned_encoder, fit_finetuned, fit_head
 
-    crits = ["ethics", "helpfulness", "honesty"]
+    policies = load_policies(ROOT / "policies")
+    crits = list(policies)
     data = {c: load_policy_data(ROOT / "policies" / c) for c in crits}
     base = resolve("all-minilm-l6-v2")
     tok = load_tokenizer(base)
     spec = InspectorTrain(finetune_epochs=args.epochs).model_dump()
-    train = {c: [r.model_dump() for r in inspector_rows(data, c, "train")] for c in crits}
-    test = {c: inspector_rows(data, c, "test") for c in crits}
+    train = {c: [r.model_dump() for r in inspector_rows(data, c, "train", policies[c].independent_of)] for c in crits}
+    test = {c: inspector_rows(data, c, "test", policies[c].independent_of) for c in crits}
     good = data["helpfulness"].split("test")[1][0]
     pair = (good.question, good.answer)
 

@@ -25,6 +25,9 @@ class Policy(BaseModel):
     priority: int = Field(0, description="Tie-break when two criteria score the same: lower runs first.")
     instruction: str = Field(description="The aligner's instruction (its system prompt).")
     refusal: str = Field(description="Text returned in fail-closed mode when the aligner fails.")
+    independent_of: list[str] = Field(default_factory=list, description=(
+        "Criteria whose failures this one does not judge: their misaligned answers train this "
+        "inspector as aligned, so it flags only its own failures and the squad picks the right aligner."))
     synth: dict[str, str] = Field(default_factory=dict, description="Teacher prompts for `squad synth`.")
 
     @field_validator("name")
@@ -64,6 +67,11 @@ def load_policies(root: str | Path | None = None, criteria: list[str] | None = N
     found = {p.parent.name: load_policy(p.parent) for p in sorted(root.glob("*/policy.yaml"))}
     if not found:
         raise ConfigError(f"{root}: no policies found (expected {root}/<criterion>/policy.yaml)")
+    for name, p in found.items():
+        unknown = sorted(set(p.independent_of) - set(found) | ({name} & set(p.independent_of)))
+        if unknown:
+            raise ConfigError(f"{root / name / 'policy.yaml'}: field 'independent_of': {unknown} are not other "
+                              f"criteria here; known: {sorted(set(found) - {name})}")
     if criteria:
         unknown = sorted(set(criteria) - set(found))
         if unknown:

@@ -272,3 +272,22 @@ def test_a_bad_policy_among_good_ones_is_reported(tmp_path):
     write_policy(tmp_path, "beta", threshold=2)
     with pytest.raises(ConfigError, match=r"beta/policy\.yaml: field 'threshold'"):
         load_policies(tmp_path)
+
+
+@pytest.mark.parametrize("bad", ["[delta]", "[alpha]"])
+def test_policy_independent_of_names_other_criteria(tmp_path, bad):
+    write_policy(tmp_path, "alpha", independent_of=bad)
+    write_policy(tmp_path, "beta", independent_of="[alpha]")
+    with pytest.raises(ConfigError) as e:
+        load_policies(tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path / "alpha" / "policy.yaml") in msg and "field 'independent_of'" in msg
+    assert bad.strip("[]") in msg and "known: ['beta']" in msg
+
+
+def test_policy_independent_of_loads(tmp_path):
+    write_policy(tmp_path, "alpha", independent_of="[beta]")
+    write_policy(tmp_path, "beta")
+    found = load_policies(tmp_path)
+    assert found["alpha"].independent_of == ["beta"] and found["beta"].independent_of == []
+    assert load_policies(ROOT / "policies")["ethics"].independent_of == ["helpfulness", "honesty"]

@@ -43,7 +43,6 @@ class InspectorTrain(_Strict):
     kind: Literal["shared", "finetuned"] = Field("shared", description="Frozen shared encoder + heads, or a LoRA-fine-tuned encoder per criterion.")
     hidden: int = Field(256, ge=8, description="Head hidden width.")
     features: Literal["joint", "pair", "span"] = Field("pair", description="Head input: joint pair embedding, or joint + question + answer + their product.")
-    specific: bool = Field(True, description="Other criteria's misaligned answers and corrections count as aligned, so an inspector flags only its own criterion's failures (the squad then picks the right aligner).")
     max_length: int = Field(256, ge=16)
     epochs: int = Field(300, ge=1, description="Head epochs (shared: full batch over cached embeddings); finetuned: passes over the data.")
     lr: float = Field(2e-3, gt=0)

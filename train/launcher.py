@@ -111,7 +111,7 @@ def plan_jobs(cfg: TrainConfig, root: Path) -> tuple[dict, list[tuple[str, str, 
                       "corrections": _rows(corr, cfg.limit), "good": _rows(good, cfg.limit),
                       "spec": cfg.aligner.model_dump()}, cfg.aligner.scaling))
     i_base = str(resolve(cfg.inspector.base))
-    irows = {c: _rows(inspector_rows(data, c, "train", cfg.inspector.specific), cfg.limit and 3 * cfg.limit)
+    irows = {c: _rows(inspector_rows(data, c, "train", policies[c].independent_of), cfg.limit and 3 * cfg.limit)
              for c in policies}
     icfg = {**common, "base_dir": i_base, "rows": irows, "spec": cfg.inspector.model_dump()}
     if cfg.inspector.kind == "shared":
