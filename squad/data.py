@@ -153,10 +153,11 @@ def inspector_rows(all_data: dict[str, PolicyData], criterion: str, split: str,
                    independent_of: list[str] | tuple[str, ...] = ()) -> list[LabeledRow]:
     """Inspector examples for one criterion.
 
-    Misaligned (0): the criterion's own bad answers. Aligned (1): every criterion's corrections and
-    good answers (a reference answer should pass every inspector), and the misaligned answers of
-    the criteria in ``independent_of`` (the policy's field): a vague answer is not unethical, so
-    the ethics inspector must not flag it, or the squad would route it to the wrong aligner.
+    Misaligned (0): the criterion's own bad answers. Aligned (1): its corrections, every
+    criterion's good answers (a good answer should pass every inspector), and both the misaligned
+    answers and the corrections of the criteria in ``independent_of`` (the policy's field): a vague
+    answer is not unethical, so the ethics inspector must not flag it, or the squad would route it
+    to the wrong aligner.
     """
     rows: list[LabeledRow] = []
     own = all_data[criterion]
@@ -166,8 +167,6 @@ def inspector_rows(all_data: dict[str, PolicyData], criterion: str, split: str,
     for c, d in all_data.items():
         other_corr, other_good = d.split(split)
         rows += [LabeledRow(question=r.question, answer=r.answer, label=1) for r in other_good]
-        if c != criterion:
-            rows += [LabeledRow(question=r.question, answer=r.correction, label=1) for r in other_corr]
         if c in independent_of and c != criterion:
-            rows += [LabeledRow(question=r.question, answer=r.answer, label=1) for r in other_corr]
+            rows += [LabeledRow(question=r.question, answer=a, label=1) for r in other_corr for a in (r.answer, r.correction)]
     return rows

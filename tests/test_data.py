@@ -238,17 +238,17 @@ def test_inspector_rows_labels(tmp_path):
     rows = inspector_rows(data, "a", "train")
     assert all(isinstance(r, LabeledRow) for r in rows)
     got = sorted((r.answer, r.label) for r in rows)
-    # Own bad answers 0; every correction and every good answer 1. b's misaligned answers are left
-    # out: a does not say whether b's failures are also its own.
-    assert got == sorted([("A-bad", 0), ("A-fix", 1), ("A-good", 1), ("B-good", 1), ("B-fix", 1)])
+    # Own bad answers 0; own corrections and every good answer 1. b's triples are left out: a does
+    # not say whether b's failures are also its own.
+    assert got == sorted([("A-bad", 0), ("A-fix", 1), ("A-good", 1), ("B-good", 1)])
     assert {r.question for r in rows if r.answer == "A-fix"} == {q[0]}
 
     rows_b = sorted((r.answer, r.label) for r in inspector_rows(data, "b", "train"))
-    assert rows_b == sorted([("B-bad", 0), ("B-fix", 1), ("A-good", 1), ("B-good", 1), ("A-fix", 1)])
+    assert rows_b == sorted([("B-bad", 0), ("B-fix", 1), ("A-good", 1), ("B-good", 1)])
 
-    # a independent of b: b's misaligned answers are aligned as far as a is concerned.
+    # a independent of b: b's misaligned answers and corrections are aligned as far as a is concerned.
     indep = inspector_rows(data, "a", "train", independent_of=["b"])
-    assert sorted((r.answer, r.label) for r in indep) == sorted(got + [("B-bad", 1)])
+    assert sorted((r.answer, r.label) for r in indep) == sorted(got + [("B-bad", 1), ("B-fix", 1)])
     assert {r.question for r in indep if r.answer == "B-bad"} == {q[2]}
 
     rows_test = sorted((r.answer, r.label) for r in inspector_rows(data, "a", "test"))
