@@ -138,3 +138,29 @@ def test_deepspeed_on_cpu_says_why():
         pytest.skip("this check is about machines without a GPU")
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         _deepspeed(torch.nn.Linear(2, 2), [], {"deepspeed": str(ROOT / "configs" / "deepspeed_zero2.json")})
+
+
+def test_a_finetuned_inspector_job_depends_only_on_its_own_rows(tmp_path: Path):
+    """Changing honesty's triples retrains the honesty inspector (and ethics, independent of
+    honesty), not the helpfulness one."""
+    import shutil
+
+    from squad.config import load_config
+    from squad.train.config import TrainConfig
+    from squad.train.launcher import job_fingerprint, plan_jobs
+
+    def fingerprints(policies: Path) -> dict[str, str]:
+        cfg = load_config(ROOT / "configs" / "train_tiny.yaml", TrainConfig,
+                          [f"policies={policies}", "inspector.kind=finetuned", "limit=null"])
+        _, jobs, _ = plan_jobs(cfg, ROOT)
+        return {name: job_fingerprint(loop, conf) for name, loop, conf, _ in jobs if name.startswith("inspector-")}
+
+    shutil.copytree(ROOT / "policies", tmp_path / "policies")
+    before = fingerprints(tmp_path / "policies")
+    path = tmp_path / "policies" / "honesty" / "data" / "corrections.jsonl"
+    rows = path.read_text().splitlines()
+    path.write_text("\n".join([rows[1], rows[0], *rows[2:]]) + "\n")  # same rows, another order
+    after = fingerprints(tmp_path / "policies")
+    assert after["inspector-helpfulness"] == before["inspector-helpfulness"]
+    assert after["inspector-honesty"] != before["inspector-honesty"]
+    assert after["inspector-ethics"] != before["inspector-ethics"]

@@ -119,7 +119,7 @@ def plan_jobs(cfg: TrainConfig, root: Path) -> tuple[dict, list[tuple[str, str, 
     else:
         for c in policies:
             jobs.append((f"inspector-{c}", "squad.train.inspector_loop.train_finetuned_inspector",
-                         {**icfg, "criterion": c}, cfg.inspector.scaling))
+                         {**icfg, "rows": {c: irows[c]}, "criterion": c}, cfg.inspector.scaling))
     for pos, (_, _, conf, _) in enumerate(jobs):
         conf["position"] = pos  # one progress-bar row per model
     hashes = {k: v for d in data.values() for k, v in d.hashes.items()}
