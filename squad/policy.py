@@ -26,8 +26,9 @@ class Policy(BaseModel):
     instruction: str = Field(description="The aligner's instruction (its system prompt).")
     refusal: str = Field(description="Text returned in fail-closed mode when the aligner fails.")
     independent_of: list[str] = Field(default_factory=list, description=(
-        "Criteria whose failures this one does not judge: their misaligned answers train this "
-        "inspector as aligned, so it flags only its own failures and the squad picks the right aligner."))
+        "Criteria whose failures this one does not judge: their misaligned answers and corrections "
+        "train this inspector as aligned, so it flags only its own failures and the squad picks the "
+        "right aligner."))
     synth: dict[str, str] = Field(default_factory=dict, description="Teacher prompts for `squad synth`.")
 
     @field_validator("name")
