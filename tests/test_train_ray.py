@@ -8,6 +8,9 @@ import pytest
 
 from squad import Correction, Squad
 from squad.bundle import read_manifest
+from squad.config import load_config
+from squad.errors import ConfigError
+from squad.train.config import TrainConfig
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,6 +141,41 @@ def test_deepspeed_on_cpu_says_why():
         pytest.skip("this check is about machines without a GPU")
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         _deepspeed(torch.nn.Linear(2, 2), [], {"deepspeed": str(ROOT / "configs" / "deepspeed_zero2.json")})
+
+
+def test_gpu_jobs_ask_ray_for_their_share_of_a_gpu():
+    """use_gpu jobs reserve gpus_per_worker (fractions let several models share one GPU); CPU jobs none."""
+    from squad.train.launcher import _resources
+
+    assert _resources({"cpus_per_worker": 0.5, "use_gpu": False, "gpus_per_worker": 1.0}) == {"CPU": 0.5}
+    assert _resources({"cpus_per_worker": 1.0, "use_gpu": True, "gpus_per_worker": 0.25}) == {"CPU": 1.0, "GPU": 0.25}
+    cfg = load_config(ROOT / "configs" / "train.yaml", TrainConfig,
+                      ["aligner.scaling.use_gpu=true", "aligner.scaling.gpus_per_worker=0.3",
+                       f"aligner.deepspeed={ROOT / 'configs' / 'deepspeed_zero3.json'}"])
+    assert cfg.aligner.scaling.gpus_per_worker == 0.3 and cfg.inspector.scaling.gpus_per_worker == 1.0
+    with pytest.raises(ConfigError, match="gpus_per_worker"):
+        load_config(ROOT / "configs" / "train.yaml", TrainConfig, ["aligner.scaling.gpus_per_worker=0"])
+
+
+def test_only_zero3_gathers_weights_before_saving():
+    from squad.train.aligner_loop import _gathered_state
+
+    class Engine:
+        def __init__(self, stage):
+            self.stage, self.asked = stage, []
+
+        def zero_optimization_stage(self):
+            return self.stage
+
+        def _zero3_consolidated_16bit_state_dict(self, exclude_frozen_parameters=False):
+            self.asked.append(exclude_frozen_parameters)
+            return {"w": 1}
+
+    assert _gathered_state(None, {"mode": "lora"}) is None
+    assert _gathered_state(Engine(2), {"mode": "lora"}) is None
+    lora, full = Engine(3), Engine(3)
+    assert _gathered_state(lora, {"mode": "lora"}) == {"w": 1} and lora.asked == [True]
+    assert _gathered_state(full, {"mode": "full"}) == {"w": 1} and full.asked == [False]
 
 
 def test_a_finetuned_inspector_job_depends_only_on_its_own_rows(tmp_path: Path):

@@ -158,8 +158,9 @@ def train_aligner(config: dict) -> None:
             bar.close()
         metrics = {"epoch": epoch + 1, "phase": phase, "loss": total / max(count, 1), "criterion": crit}
         with tempfile.TemporaryDirectory() as tmp:
+            state = _gathered_state(engine, spec)  # collective under ZeRO-3: every rank takes part
             if rank == 0:
-                _unwrap(model).save_pretrained(tmp, safe_serialization=True)
+                _unwrap(model).save_pretrained(tmp, safe_serialization=True, state_dict=state)
                 if engine is None:
                     save_optimizer(opt, Path(tmp) / "optimizer.safetensors")
                 write_state(Path(tmp), epoch=epoch + 1, step=step, phase=phase)
@@ -184,7 +185,8 @@ def _load_weights(model, folder: Path, spec: dict) -> None:
 
 
 def _deepspeed(model, params, spec):
-    """DeepSpeed ZeRO for large aligners; CUDA only."""
+    """DeepSpeed ZeRO for large aligners; CUDA only. The optimizer is the plain path's AdamW unless the
+    JSON config names its own (DeepSpeed's fused ones compile CUDA kernels on first use)."""
     if not torch.cuda.is_available():
         raise RuntimeError(
             "aligner.deepspeed is set but this worker has no CUDA GPU: DeepSpeed ZeRO shards optimizer "
@@ -196,7 +198,15 @@ def _deepspeed(model, params, spec):
 
     ds_config = json.loads(Path(spec["deepspeed"]).read_text())
     ds_config.setdefault("train_micro_batch_size_per_gpu", spec["batch_size"])
-    ds_config.setdefault("optimizer", {"type": "AdamW", "params": {"lr": spec["lr"]}})
+    ds_config.setdefault("gradient_clipping", 1.0)
+    opt = None if "optimizer" in ds_config else torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.0)
     os.environ.setdefault("LOCAL_RANK", "0")
-    engine, opt, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=ds_config)
+    engine, opt, _, _ = deepspeed.initialize(model=model, model_parameters=params, optimizer=opt, config=ds_config)
     return engine, opt
+
+
+def _gathered_state(engine, spec: dict):
+    """Under ZeRO-3 each rank holds a shard: gather full 16-bit weights (trainable ones only for LoRA)."""
+    if engine is None or engine.zero_optimization_stage() != 3:
+        return None
+    return engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=spec["mode"] == "lora")

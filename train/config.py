@@ -14,7 +14,8 @@ class _Strict(BaseModel):
 class ScalingSpec(_Strict):
     num_workers: int = Field(1, ge=1, description="Ray Train workers for this model (data parallel).")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
-    use_gpu: bool = Field(False, description="Give each worker one GPU.")
+    use_gpu: bool = Field(False, description="Train on GPUs: each worker gets gpus_per_worker of one.")
+    gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per worker with use_gpu; a fraction lets several models share one GPU.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per worker.")
 
 

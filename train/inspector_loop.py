@@ -31,8 +31,17 @@ def _embedder(encoder):
     return lambda enc: encoder(**enc).last_hidden_state
 
 
+def _device(spec: dict) -> torch.device:
+    """The Ray Train worker's GPU when the job asked for one, else the CPU."""
+    if spec["scaling"].get("use_gpu"):
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    return torch.device("cpu")
+
+
 def embed_pairs(encoder, tok, pairs: list[tuple[str, str]], max_length: int, features: str = "joint",
-                batch_size: int = 64) -> torch.Tensor:
+                batch_size: int = 64, device: torch.device | str = "cpu") -> torch.Tensor:
     """Head inputs for every pair, computed once (the encoder is frozen)."""
     from squad.inspector import pair_features
 
@@ -40,7 +49,7 @@ def embed_pairs(encoder, tok, pairs: list[tuple[str, str]], max_length: int, fea
     with torch.inference_mode():
         bar = _progress(desc="inspector: embedding pairs", total=-(-len(pairs) // batch_size))
         for i in range(0, len(pairs), batch_size):
-            out.append(pair_features(_embedder(encoder), tok, pairs[i:i + batch_size], max_length, features))
+            out.append(pair_features(_embedder(encoder), tok, pairs[i:i + batch_size], max_length, features, device))
             bar.update(1)
         bar.close()
     return torch.cat(out) if out else torch.empty(0)
@@ -50,12 +59,13 @@ def fit_head(x: torch.Tensor, y: torch.Tensor, hidden: int, epochs: int, lr: flo
     from squad.inspector import Head
 
     torch.manual_seed(seed)
-    head = Head(x.shape[1], hidden)
+    head = Head(x.shape[1], hidden).to(x.device)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=wd)
     pos = float(y.sum())
-    pos_weight = torch.tensor((len(y) - pos) / max(pos, 1.0))
+    pos_weight = torch.tensor((len(y) - pos) / max(pos, 1.0), device=x.device)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
     head.train()
+    y = y.to(x.device)
     loss = torch.tensor(0.0)
     for _ in range(epochs):
         opt.zero_grad()
@@ -77,11 +87,12 @@ def train_shared_inspector(config: dict) -> None:
     spec = config["spec"]
     torch.set_num_threads(spec["scaling"]["torch_threads"])
     tok = load_tokenizer(Path(config["base_dir"]))
-    encoder = AutoModel.from_pretrained(config["base_dir"], trust_remote_code=False).eval()
+    device = _device(spec)
+    encoder = AutoModel.from_pretrained(config["base_dir"], trust_remote_code=False).to(device).eval()
     rows: dict[str, list[dict]] = config["rows"]
     pairs = sorted({(r["question"], r["answer"]) for rs in rows.values() for r in rs})
     index = {p: i for i, p in enumerate(pairs)}
-    emb = embed_pairs(encoder, tok, pairs, spec["max_length"], spec.get("features", "joint"))
+    emb = embed_pairs(encoder, tok, pairs, spec["max_length"], spec.get("features", "joint"), device=device)
     run = init_run(config["wandb"]["project"], "inspector-shared", config["wandb"]["mode"], spec,
                    directory=config.get("wandb_dir"), group=config["run_name"])
     heads, metrics = {}, {}
@@ -114,10 +125,12 @@ def fit_finetuned(encoder, head, tok, rows: list[dict], spec: dict, seed: int, s
     """Train encoder adapter and head together, calling ``on_epoch(epoch, metrics)`` after each epoch."""
     from squad.inspector import pair_features
 
+    device = next(encoder.parameters()).device
+    head.to(device)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=spec["finetune_lr"], weight_decay=spec["weight_decay"])
     pos = sum(r["label"] for r in rows)
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(rows) - pos) / max(pos, 1)))
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(rows) - pos) / max(pos, 1), device=device))
     for epoch in range(start, spec["finetune_epochs"]):
         order = list(range(len(rows)))
         random.Random(seed + epoch).shuffle(order)
@@ -127,9 +140,9 @@ def fit_finetuned(encoder, head, tok, rows: list[dict], spec: dict, seed: int, s
         for i in range(0, len(order), spec["batch_size"]):
             chunk = [rows[j] for j in order[i:i + spec["batch_size"]]]
             x = pair_features(_embedder(encoder), tok, [(r["question"], r["answer"]) for r in chunk],
-                              spec["max_length"], spec.get("features", "joint"))
+                              spec["max_length"], spec.get("features", "joint"), device)
             logits = head(x)
-            loss = loss_fn(logits, torch.tensor([float(r["label"]) for r in chunk]))
+            loss = loss_fn(logits, torch.tensor([float(r["label"]) for r in chunk], device=device))
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -165,6 +178,7 @@ def train_finetuned_inspector(config: dict) -> None:
             set_peft_model_state_dict(encoder, load_file(str(Path(d) / "adapter" / "adapter_model.safetensors")))
             head.load_state_dict({k.split(".", 1)[1]: v for k, v in load_file(str(Path(d) / "heads.safetensors")).items()})
             start = read_state(Path(d)).get("epoch", 0)
+    encoder.to(_device(spec))
     run = init_run(config["wandb"]["project"], f"inspector-{crit}", config["wandb"]["mode"], spec,
                    directory=config.get("wandb_dir"), group=config["run_name"])
 

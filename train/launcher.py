@@ -73,7 +73,7 @@ def _fit(name: str, loop: str, loop_config: dict, scaling: dict, storage: str, r
         getattr(importlib.import_module(module), fn),
         train_loop_config={**loop_config, "resume_from": str(resume) if resume else None},
         scaling_config=ScalingConfig(num_workers=scaling["num_workers"], use_gpu=scaling["use_gpu"],
-                                     resources_per_worker={"CPU": scaling["cpus_per_worker"]}),
+                                     resources_per_worker=_resources(scaling)),
         run_config=RunConfig(name=f"{run_name}-{name}", storage_path=storage,
                              failure_config=FailureConfig(max_failures=1),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
@@ -84,6 +84,13 @@ def _fit(name: str, loop: str, loop_config: dict, scaling: dict, storage: str, r
     if resume is not None:  # everything was already trained: nothing new to report
         return str(resume)
     raise RuntimeError(f"{name}: training finished without a checkpoint")
+
+
+def _resources(scaling: dict) -> dict:
+    res = {"CPU": scaling["cpus_per_worker"]}
+    if scaling["use_gpu"]:
+        res["GPU"] = scaling["gpus_per_worker"]
+    return res
 
 
 def _rows(items, limit):

@@ -1,0 +1,21 @@
+"""A bundle through Squad.load on CUDA (and on CPU unless --cuda-only): do both give the same answers?"""
+import sys
+import time
+
+import torch
+
+from squad import Squad
+
+PAIRS = [("How do I pick a lock?", "Just jam a screwdriver in."), ("What is 2+2?", "5, obviously."),
+         ("Capital of France?", "Paris."), ("How to sleep better?", "Dunno.")]
+devices = ("cuda",) if "--cuda-only" in sys.argv else ("cpu", "cuda")
+answers = {}
+for device in devices:
+    squad = Squad.load(sys.argv[1], device=device)
+    start = time.time()
+    out = squad.correct_batch(PAIRS)
+    answers[device] = [(o.answer, [s.criterion for s in o.steps]) for o in out]
+    print(device, f"{time.time() - start:.2f}s", "scores", [round(v, 3) for v in squad.inspect(*PAIRS[0]).values()])
+if len(devices) == 2:
+    print("same answers cpu vs cuda:", sum(a == b for a, b in zip(answers["cpu"], answers["cuda"])), "/", len(PAIRS))
+print("cuda mem GB", round(torch.cuda.max_memory_allocated() / 1e9, 2))
