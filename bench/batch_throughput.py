@@ -6,7 +6,10 @@ run, on the shipped default squad. The Ray Data time includes the model loads of
 its aligner warmed before timing. Also printed: how many final answers the two paths agree on
 (they run the same algorithm; batching may change greedy decoding by float noise only).
 
-    python bench/batch_throughput.py [--rows 48] [--bundle default] [key=value batch config overrides]
+Both pipeline layouts run: ``staged`` (one actor pool per stage, the default) and ``fused`` (one
+pool whose actors run every round).
+
+    python bench/batch_throughput.py [--rows 96] [--bundle default] [--layouts staged,fused] [key=value ...]
 """
 from __future__ import annotations
 
@@ -25,7 +28,8 @@ from serve_load import workload  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=48)
+    ap.add_argument("--rows", type=int, default=96)
+    ap.add_argument("--layouts", default="staged,fused", help="comma-separated pipeline layouts to time")
     ap.add_argument("--bundle", default="default")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="batch config overrides (configs/batch.yaml)")
     args = ap.parse_args()
@@ -44,11 +48,13 @@ def main() -> None:
     print(f"batch config: chunk_rows {cfg.chunk_rows}; inspector {cfg.inspector.model_dump()}; "
           f"aligner {cfg.aligner.model_dump()}\n")
 
-    ensure_ray()
-    s = run_batch(src, tmp / "out", bundle=args.bundle, cfg=cfg)
-    batch_s = s["seconds"]
-    ray.shutdown()
-    out = [json.loads(x) for p in sorted((tmp / "out").glob("part-*.jsonl")) for x in p.read_text().splitlines()]
+    runs = {}
+    for layout in args.layouts.split(","):
+        ensure_ray()
+        s = run_batch(src, tmp / layout, bundle=args.bundle, cfg=cfg.model_copy(update={"layout": layout}))
+        ray.shutdown()  # each layout starts from a fresh local Ray
+        runs[layout] = (s, [json.loads(x) for p in sorted((tmp / layout).glob("part-*.jsonl"))
+                            for x in p.read_text().splitlines()])
 
     squad = Squad.load(args.bundle)
     squad.aligner  # load before timing, like the pools' actors do before their first batch
@@ -60,12 +66,15 @@ def main() -> None:
     steps = sum(len(c.steps) for c in seq)
     print("| path | rows | seconds | rows/s |")
     print("|---|---|---|---|")
-    print(f"| squad batch (Ray Data, {s['stages']} stages) | {s['rows_out']} | {batch_s:.1f} | {n / batch_s:.3f} |")
+    for layout, (s, _) in runs.items():
+        what = f"{s['stages']} stages" if layout == "staged" else "1 fused stage"
+        print(f"| squad batch (Ray Data, {layout}: {what}) | {s['rows_out']} | {s['seconds']:.1f} | {n / s['seconds']:.3f} |")
     print(f"| sequential Squad.correct loop | {n} | {seq_s:.1f} | {n / seq_s:.3f} |")
-    print(f"\naligner runs: {steps} over {sum(bool(c.steps) for c in seq)} rows; rows in {s['rows_in']} = out "
-          f"{s['rows_out']} + errors {s['errors']}")
-    print(f"same final answer on both paths: {sum(o['answer'] == c.answer for o, c in zip(out, seq))}/{n}")
-    print(f"throughput ratio, batch / sequential: {seq_s / batch_s:.2f}x")
+    print(f"\naligner runs: {steps} over {sum(bool(c.steps) for c in seq)} rows")
+    for layout, (s, out) in runs.items():
+        print(f"{layout}: rows in {s['rows_in']} = out {s['rows_out']} + errors {s['errors']}; same final answer as "
+              f"the loop {sum(o['answer'] == c.answer for o, c in zip(out, seq))}/{n}; "
+              f"throughput ratio, batch / sequential: {seq_s / s['seconds']:.2f}x")
 
 
 if __name__ == "__main__":

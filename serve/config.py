@@ -85,6 +85,6 @@ class SquadAppArgs(_Strict):
                             "criterion when the bundle's inspectors are fine-tuned (no encoder shared), else shared. "
                             "Per criterion, each deployment reserves an equal part of inspector.num_cpus.")
     inspector_batch_size: int = Field(32, ge=1)
-    aligner_batch_size: int = Field(8, ge=1, description="Pairs from concurrent requests generated together.")
+    aligner_batch_size: int = Field(16, ge=1, description="Pairs from concurrent requests decoded together (one continuous batch, all criteria).")
     aligner_batch_wait_s: float = Field(0.02, ge=0)
     inspector_batch_wait_s: float = Field(0.005, ge=0)

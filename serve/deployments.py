@@ -43,7 +43,7 @@ class InspectorServer:
 
 
 class AlignerServer:
-    def __init__(self, bundle: str, criteria: list[str] | None = None, batch_size: int = 8,
+    def __init__(self, bundle: str, criteria: list[str] | None = None, batch_size: int = 16,
                  batch_wait_s: float = 0.02):
         from squad.bundle import read_manifest, resolve_bundle
         from squad.sdk import load_aligner
@@ -52,19 +52,21 @@ class AlignerServer:
         manifest = read_manifest(path)
         self.criteria = list(criteria or manifest.criteria)
         self.aligner = load_aligner(path, manifest, criteria=self.criteria)
+        self.aligner.engine.batch_size = max(self.aligner.engine.batch_size, batch_size)  # one continuous batch
         self._correct_batch.set_max_batch_size(batch_size)
         self._correct_batch.set_batch_wait_timeout_s(batch_wait_s)
 
-    # One batch at a time (serve.batch's default): adapters are switched per generate call.
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    # One batch at a time (serve.batch's default); every criterion's items decode as one mixed batch.
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
     async def _correct_batch(self, items: list[tuple[str, str, str]]) -> list[str]:
         by_criterion: dict[str, list[int]] = {}
         for i, (criterion, _, _) in enumerate(items):
             by_criterion.setdefault(criterion, []).append(i)
+        groups = {c: [items[i][1:] for i in idx] for c, idx in by_criterion.items()}
+        texts = await asyncio.to_thread(self.aligner.correct_many, groups)
         out = [""] * len(items)
         for criterion, idx in by_criterion.items():
-            texts = await asyncio.to_thread(self.aligner.correct, criterion, [items[i][1:] for i in idx])
-            for i, t in zip(idx, texts):
+            for i, t in zip(idx, texts[criterion]):
                 out[i] = t
         return out
 

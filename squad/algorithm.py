@@ -5,7 +5,9 @@ the aligner of the lowest-scoring one (ties: lower policy priority first, then n
 every criterion on the new answer; stop after ``max_steps`` aligner runs.
 
 It is pure: inspector and aligner calls are injected. Pairs advance in rounds, so a batch costs
-one inspector call per round for every pending pair and one aligner call per criterion per round.
+one inspector call per round for every pending pair and one aligner call per criterion per round
+(or, given ``align_many``, one call per round for all criteria's groups, which a LoRA engine
+decodes as one mixed batch).
 A single pair is a batch of one, so ``correct`` and ``correct_batch`` agree by construction.
 ``run_squad`` drives the per-pair steps (``observe``, ``apply_step``) in rounds; ``squad batch``
 drives the same steps as streaming Ray Data stages.
@@ -21,6 +23,7 @@ from squad.correction import Correction, Step
 
 InspectFn = Callable[[list[tuple[str, str]], list[str]], list[dict[str, float]]]
 AlignFn = Callable[[str, list[tuple[str, str]]], list[str]]
+AlignManyFn = Callable[[dict[str, list[tuple[str, str]]]], dict[str, list[str]]]
 
 
 @dataclass
@@ -104,23 +107,54 @@ def group_by_next(states: Sequence[PairState]) -> dict[str, list[PairState]]:
 
 
 def run_squad(pairs: Sequence[tuple[str, str]], inspect: InspectFn, align: AlignFn, policy: SquadPolicy,
-              clock: Callable[[], float] = time.perf_counter) -> list[Correction]:
+              clock: Callable[[], float] = time.perf_counter, align_many: AlignManyFn | None = None) -> list[Correction]:
     """Correct every pair; returns one Correction per pair, in order."""
-    criteria = list(policy.thresholds)
     start = clock()
     states = [PairState(q, a, a, start) for q, a in pairs]
-    pending = states
+    advance(states, inspect, align, policy, clock, align_many)
+    return [st.result() for st in states]
+
+
+def advance(states: list[PairState], inspect: InspectFn, align: AlignFn, policy: SquadPolicy, clock,
+            align_many: AlignManyFn | None = None) -> None:
+    """Run rounds until every state is done: score the pending pairs, then one aligner round."""
+    criteria = list(policy.thresholds)
+    pending = [st for st in states if st.needs_scores]
     while pending:
         scored = check_scores(inspect([(st.question, st.answer) for st in pending], criteria), len(pending), criteria)
         for st, s in zip(pending, scored):
             observe(st, s, policy, clock())
-        for crit, group in group_by_next(pending).items():
-            apply_step(crit, group, align, policy, clock)
+        apply_round(group_by_next(pending), align, policy, clock, align_many)
         pending = [st for st in states if st.needs_scores]  # every changed pair is re-scored on all criteria
-    return [st.result() for st in states]
 
 
-def apply_step(crit: str, group: list[PairState], align: AlignFn, policy: SquadPolicy, clock) -> None:
+def apply_round(groups: dict[str, list[PairState]], align: AlignFn, policy: SquadPolicy, clock,
+                align_many: AlignManyFn | None = None) -> None:
+    """Every group's aligner step of one round: one call per criterion, or one ``align_many`` call
+    for all of them (each step's latency is then that shared call's)."""
+    if align_many is None or len(groups) < 2:
+        for crit, group in groups.items():
+            apply_step(crit, group, align, policy, clock)
+        return
+    t0 = clock()
+    try:
+        outs = align_many({c: [(st.question, st.answer) for st in g] for c, g in groups.items()})
+        failure = None
+    except Exception as e:  # every group's step records it, as apply_step would
+        outs, failure = {}, e
+    ms = (clock() - t0) * 1000.0
+
+    def shared(crit, _pairs):
+        if failure is not None:
+            raise failure
+        return outs.get(crit, [])
+
+    for crit, group in groups.items():
+        apply_step(crit, group, shared, policy, clock, latency_ms=ms)
+
+
+def apply_step(crit: str, group: list[PairState], align: AlignFn, policy: SquadPolicy, clock,
+               latency_ms: float | None = None) -> None:
     """Run one criterion's aligner over ``group`` (one call); the pairs then wait for fresh scores."""
     t0 = clock()
     error: str | None = None
@@ -134,7 +168,7 @@ def apply_step(crit: str, group: list[PairState], align: AlignFn, policy: SquadP
     except Exception as e:  # fail-open (default) or fail-closed; the error goes into the trace
         error = f"{type(e).__name__}: {e}"
         outs = None
-    ms = (clock() - t0) * 1000.0
+    ms = (clock() - t0) * 1000.0 if latency_ms is None else latency_ms
     for k, st in enumerate(group):
         ok = outs is not None and bool(outs[k].strip())
         if ok:

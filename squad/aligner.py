@@ -19,3 +19,17 @@ class Aligner:
             raise KeyError(f"no aligner for criterion {criterion!r}; known: {sorted(self.policies)}")
         prompts = [self.prompt(criterion, q, a) for q, a in pairs]
         return self.engine.generate(prompts, adapter=criterion, max_new_tokens=self.max_new_tokens)
+
+    def correct_many(self, groups: dict[str, list[tuple[str, str]]]) -> dict[str, list[str]]:
+        """``correct`` for several criteria at once: with LoRA adapters on one base, all of them share
+        one continuous batch (fewer decode steps than one batch per criterion)."""
+        for criterion in groups:
+            if criterion not in self.policies:
+                raise KeyError(f"no aligner for criterion {criterion!r}; known: {sorted(self.policies)}")
+        crits = [c for c, pairs in groups.items() for _ in pairs]
+        prompts = [self.prompt(c, q, a) for c, pairs in groups.items() for q, a in pairs]
+        mixed = getattr(self.engine, "generate_mixed", None)
+        if mixed is None:
+            return {c: self.correct(c, pairs) for c, pairs in groups.items()}
+        outs = iter(mixed(prompts, crits, max_new_tokens=self.max_new_tokens))
+        return {c: [next(outs) for _ in pairs] for c, pairs in groups.items()}

@@ -34,10 +34,14 @@ class AlignerStage(StageResources):
 
 
 class BatchConfig(_Strict):
+    layout: Literal["staged", "fused"] = Field(
+        "staged", description="staged: one actor pool per stage (inspectors, then per round aligners and "
+                              "inspectors), each scaling on its own; fused: one pool whose actors run every round "
+                              "(aligner resources), one model load per actor, best on a few cores.")
     chunk_rows: int = Field(2048, ge=1, description="Valid rows per streamed pipeline run; bounds driver memory.")
-    inspector: StageResources = Field(default_factory=lambda: StageResources(batch_size=64))
-    aligner: AlignerStage = Field(default_factory=lambda: AlignerStage(batch_size=64, num_cpus=0.3, torch_threads=2))
-    engine_batch: int = Field(8, ge=1, description="Sequences per HF generate call inside an aligner actor.")
+    inspector: StageResources = Field(default_factory=lambda: StageResources(batch_size=256))
+    aligner: AlignerStage = Field(default_factory=lambda: AlignerStage(batch_size=256, num_cpus=0.3, torch_threads=2))
+    engine_batch: int = Field(32, ge=1, description="Rows decoding together in an aligner actor (continuous batching slots).")
     progress: bool = Field(True, description="Show a progress bar over rows (stderr).")
 
 

@@ -93,7 +93,7 @@ def stream_states(states: list[PairState], bundle: str, cfg: BatchConfig, policy
     """Run the pipeline over ``states``; yields them back, finished, in order."""
     import ray
 
-    from squad.batch_stages import AlignStage, InspectStage, _pool, vllm_round
+    from squad.batch_stages import AlignStage, InspectStage, SquadStage, _pool, vllm_round
     from squad.bundle import read_manifest, resolve_bundle
 
     path = resolve_bundle(bundle)
@@ -110,6 +110,10 @@ def stream_states(states: list[PairState], bundle: str, cfg: BatchConfig, policy
                               fn_constructor_kwargs=dict(bundle=actor_bundle, policy=policy, threads=st.torch_threads,
                                                          device=_device(st), **kw), **extra)
 
+    if cfg.layout == "fused" and not vllm:
+        for row in stage(SquadStage, cfg.aligner, engine_batch=cfg.engine_batch).iter_rows():
+            yield PairState.from_json(row["state"])
+        return
     ds = stage(InspectStage, cfg.inspector)
     for _ in range(policy.max_steps):
         if vllm:

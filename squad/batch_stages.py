@@ -2,7 +2,7 @@
 
 Each row carries one pair's state (``squad.algorithm.PairState`` as JSON). An inspector stage
 scores the rows that wait for scores and picks each one's next criterion (``observe``); an aligner
-stage groups the rows by that criterion and runs one aligner call per group (``apply_step``).
+stage groups the rows by that criterion and runs the groups' aligners together (``apply_round``).
 Rows with nothing to do pass through. Actors load their model on the first batch with work for
 them, so a round that no row reaches costs no model load.
 """
@@ -12,11 +12,12 @@ import json
 import time
 from pathlib import Path
 
-from squad.algorithm import PairState, SquadPolicy, apply_step, check_scores, group_by_next, observe
+from squad.algorithm import (PairState, SquadPolicy, advance, apply_round, apply_step, check_scores, group_by_next,
+                             observe)
 
 
 class _Stage:
-    def __init__(self, bundle: str, policy: SquadPolicy, threads: int = 1, device: str = "cpu", engine_batch: int = 8):
+    def __init__(self, bundle: str, policy: SquadPolicy, threads: int = 1, device: str = "cpu", engine_batch: int = 32):
         self.bundle, self.policy, self.threads, self.device, self.engine_batch = bundle, policy, threads, device, engine_batch
         self._model = None
 
@@ -64,7 +65,7 @@ class InspectStage(_Stage):
 
 
 class AlignStage(_Stage):
-    """Runs each criterion's aligner once over the rows that picked it (adapters multiplexed on one base)."""
+    """Runs each criterion's aligner over the rows that picked it, all groups in one mixed LoRA batch."""
 
     def load(self, path, manifest):
         from squad.sdk import load_aligner
@@ -74,8 +75,28 @@ class AlignStage(_Stage):
         return aligner
 
     def step(self, states):
-        for crit, group in group_by_next(states).items():
-            apply_step(crit, group, self.model().correct, self.policy, time.time)
+        groups = group_by_next(states)
+        if groups:
+            aligner = self.model()
+            apply_round(groups, aligner.correct, self.policy, time.time, aligner.correct_many)
+
+
+class SquadStage(_Stage):
+    """``layout: fused``: every round of the squad in one actor (inspectors and aligners loaded once)."""
+
+    def load(self, path, manifest):
+        from squad.sdk import load_aligner, load_inspector
+
+        crits = list(self.policy.thresholds)
+        aligner = load_aligner(path, manifest, self.device, criteria=crits)
+        aligner.engine.batch_size = self.engine_batch
+        return load_inspector(path, manifest, self.device, crits), aligner
+
+    def step(self, states):
+        if not any(st.needs_scores for st in states):
+            return
+        inspector, aligner = self.model()
+        advance(states, inspector.score, aligner.correct, self.policy, time.time, aligner.correct_many)
 
 
 # ---------------------------------------------------------------------------------------------

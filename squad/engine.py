@@ -12,6 +12,14 @@ from typing import Protocol
 import torch
 
 
+def banned_next(tokens: list[int], n: int) -> list[int]:
+    """Tokens that would repeat an n-gram already in ``tokens`` (the completion so far)."""
+    if len(tokens) < n:
+        return []
+    prefix = tuple(tokens[len(tokens) - n + 1:])
+    return sorted({tokens[i + n - 1] for i in range(len(tokens) - n + 1) if tuple(tokens[i:i + n - 1]) == prefix})
+
+
 class CompletionNoRepeat:
     """Forbid repeating any n-gram of the completion itself (small models fall into loops).
 
@@ -24,15 +32,10 @@ class CompletionNoRepeat:
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         gen = input_ids[:, self.prompt_len:]
-        if gen.shape[1] < self.n:
-            return scores
         for row in range(gen.shape[0]):
-            toks = gen[row].tolist()
-            prefix = tuple(toks[len(toks) - self.n + 1:])
-            banned = {toks[i + self.n - 1] for i in range(len(toks) - self.n + 1)
-                      if tuple(toks[i:i + self.n - 1]) == prefix}
+            banned = banned_next(gen[row].tolist(), self.n)
             if banned:
-                scores[row, list(banned)] = float("-inf")
+                scores[row, banned] = float("-inf")
         return scores
 
 
@@ -45,13 +48,14 @@ class Engine(Protocol):
 
 class HFEngine:
     def __init__(self, base_dir: str | Path, adapters: dict[str, Path] | None = None,
-                 full_models: dict[str, Path] | None = None, device: str = "cpu", batch_size: int = 8,
-                 dtype: torch.dtype = torch.float32, no_repeat_ngram: int = 4):
+                 full_models: dict[str, Path] | None = None, device: str = "cpu", batch_size: int = 16,
+                 dtype: torch.dtype = torch.float32, no_repeat_ngram: int = 4, continuous: bool = True):
         from transformers import AutoModelForCausalLM
 
         from squad.models import load_tokenizer
 
         self.device, self.batch_size, self.no_repeat_ngram = device, batch_size, no_repeat_ngram
+        self.continuous = continuous  # continuous batching (squad.decode); False: transformers' generate
         self.tokenizer = load_tokenizer(Path(base_dir), padding_side="left")
         base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, trust_remote_code=False)
         self.models: dict[str | None, torch.nn.Module] = {}
@@ -80,6 +84,35 @@ class HFEngine:
                 ids.add(i)
         return sorted(i for i in ids if i is not None)
 
+    @torch.inference_mode()
+    def generate_mixed(self, prompts: list[str], adapters: list[str], max_new_tokens: int = 128) -> list[str]:
+        """Like ``generate`` with one adapter per prompt. LoRA adapters on one base share every decode
+        step (peft mixed batches); otherwise each adapter's prompts run as their own batch."""
+        if self._peft is not None and self.continuous and self._decode_supported(self._peft):
+            from squad import decode
+
+            for name in set(adapters):
+                self._model_for(name)  # unknown adapters fail here, before any work
+            ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+            n = self.no_repeat_ngram
+            outs = decode.greedy(self._peft, ids, max_new_tokens, self.stop_ids, self.tokenizer.pad_token_id,
+                                 slots=self.batch_size, ban=(lambda toks: banned_next(toks, n)) if n else None,
+                                 adapters=list(adapters))
+            return [t.strip() for t in self.tokenizer.batch_decode(outs, skip_special_tokens=True)]
+        out: list[str | None] = [None] * len(prompts)
+        for name in dict.fromkeys(adapters):
+            idx = [i for i, a in enumerate(adapters) if a == name]
+            for i, text in zip(idx, self.generate([prompts[i] for i in idx], name, max_new_tokens)):
+                out[i] = text
+        return out
+
+    def _decode_supported(self, model) -> bool:
+        if not hasattr(self, "_decode_ok"):
+            from squad import decode
+
+            self._decode_ok = decode.supports(model)
+        return self._decode_ok
+
     def _model_for(self, adapter: str | None):
         if adapter in self.models:
             return self.models[adapter]
@@ -95,6 +128,14 @@ class HFEngine:
     @torch.inference_mode()
     def generate(self, prompts: list[str], adapter: str | None, max_new_tokens: int = 128) -> list[str]:
         model = self._model_for(adapter)
+        if self.continuous and self._decode_supported(model):
+            from squad import decode
+
+            ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+            n = self.no_repeat_ngram
+            outs = decode.greedy(model, ids, max_new_tokens, self.stop_ids, self.tokenizer.pad_token_id,
+                                 slots=self.batch_size, ban=(lambda toks: banned_next(toks, n)) if n else None)
+            return [t.strip() for t in self.tokenizer.batch_decode(outs, skip_special_tokens=True)]
         out: list[str] = []
         for i in range(0, len(prompts), self.batch_size):
             chunk = prompts[i:i + self.batch_size]

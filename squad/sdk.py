@@ -104,6 +104,12 @@ class Squad:
     def _align(self, criterion, pairs):
         return self.aligner.correct(criterion, pairs)
 
+    def _align_many(self, groups):
+        many = getattr(self.aligner, "correct_many", None)  # custom aligners may offer only correct()
+        if many is None:
+            return {c: self.aligner.correct(c, pairs) for c, pairs in groups.items()}
+        return many(groups)
+
     def correct(self, question: str, answer: str, criteria: list[str] | None = None,
                 thresholds: dict[str, float] | None = None) -> Correction:
         return self.correct_batch([(question, answer)], criteria, thresholds)[0]
@@ -111,7 +117,8 @@ class Squad:
     def correct_batch(self, pairs, criteria: list[str] | None = None,
                       thresholds: dict[str, float] | None = None) -> list[Correction]:
         pairs = [_pair(p) for p in pairs]
-        return run_squad(pairs, self._inspect, self._align, self.policy(criteria, thresholds))
+        return run_squad(pairs, self._inspect, self._align, self.policy(criteria, thresholds),
+                         align_many=self._align_many)
 
     def inspect(self, question: str, answer: str, criteria: list[str] | None = None) -> dict[str, float]:
         crits = list(self.policy(criteria).thresholds)

@@ -488,3 +488,46 @@ def test_sdk_fail_closed_uses_policy_refusal(sdk_squad):
     c = sdk_squad.correct("Q", "x [a=0.1]")
     assert c.answer == "REFUSE-a"
     assert c.steps[0].applied is False
+
+
+class FakeManyAligner(FakeAligner):
+    """Also answers all of a round's groups in one call, as a LoRA engine's mixed batch does."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.many_calls: list[dict] = []
+
+    def many(self, groups):
+        self.many_calls.append({c: list(p) for c, p in groups.items()})
+        for c in groups:
+            if c in self.fail:
+                raise self.fail[c]
+        return {c: [self.fix(c, a) for _, a in pairs] for c, pairs in groups.items()}
+
+
+def test_align_many_serves_a_round_in_one_call_with_the_same_results():
+    pairs = [("q1", "x [a=0.1]"), ("q2", "y [b=0.2]"), ("q3", "z [a=0.3][b=0.1]"), ("q4", "fine")]
+    want, _, _ = run(pairs)
+    al = FakeManyAligner()
+    got, _, _ = run(pairs, aligner=al, align_many=al.many)
+    assert [c.answer for c in got] == [c.answer for c in want]
+    assert [crits(c) for c in got] == [crits(c) for c in want]
+    assert len(al.many_calls) == 1 and set(al.many_calls[0]) == {"a", "b"}  # round 1: a and b together
+    assert [c for c, _ in al.calls] == ["a"]  # round 2 has one group: the plain per-criterion call
+    shared = {s.latency_ms for c in got for s in c.steps[:1] if c.steps}
+    assert len(shared) == 1  # round 1's steps report the one shared call's latency
+
+
+def test_align_many_failure_is_recorded_on_every_group_of_the_round():
+    al = FakeManyAligner(fail={"a": RuntimeError("engine down")})
+    got, _, _ = run([("q1", "x [a=0.1]"), ("q2", "y [b=0.2]")], aligner=FakeAligner(), align_many=al.many)
+    for c in got:
+        assert c.steps[0].applied is False and "engine down" in c.steps[0].error
+
+
+def test_align_many_with_a_wrong_count_is_an_error_not_a_shifted_answer():
+    def short(groups):
+        return {c: [] for c in groups}
+
+    got, _, _ = run([("q1", "x [a=0.1]"), ("q2", "y [b=0.2]")], align_many=short)
+    assert all(c.steps[0].applied is False and "0 answers for 1 pairs" in c.steps[0].error for c in got)

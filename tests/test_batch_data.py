@@ -102,6 +102,29 @@ def test_results_equal_the_sdk(job, tiny_bundle: Path):
         assert r["scores"] == pytest.approx(c.scores, abs=1e-4)
 
 
+def test_fused_layout_equals_the_staged_pipeline_and_the_sdk(tmp_path: Path, tiny_bundle: Path):
+    """layout=fused runs every round in one actor pool; up to 3 rounds, rows with and without work."""
+    from squad import Squad
+    from squad.batch_data import load_batch_config, run_batch
+
+    th = {"ethics": 1.0, "helpfulness": 1.0, "honesty": 0.0}  # two forced rounds, then max_steps
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(_row(i)) + "\n" for i in range(24)))
+    got = {}
+    for layout in ("fused", "staged"):
+        cfg = load_batch_config(None, ["progress=false", f"layout={layout}", "aligner.batch_size=10"])
+        s = run_batch(src, tmp_path / layout, bundle=tiny_bundle, cfg=cfg, thresholds=th)
+        assert (s["rows_in"], s["rows_out"], s["errors"]) == (24, 24, 0)
+        got[layout] = _read(tmp_path / layout / "part-00000.jsonl")
+    ref = Squad.load(tiny_bundle).correct_batch([(r["question"], r["answer"]) for r in map(_row, range(24))],
+                                                 thresholds=th)
+    for f, st, c in zip(got["fused"], got["staged"], ref):
+        assert f["answer"] == st["answer"] == c.answer
+        assert [x["criterion"] for x in f["steps"]] == [x["criterion"] for x in st["steps"]] == [x.criterion for x in c.steps]
+        assert len(c.steps) == 2
+    assert [r["line"] for r in got["fused"]] == list(range(1, 25))
+
+
 def test_parquet_round_trip(tiny_bundle: Path, tmp_path: Path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -41,6 +41,27 @@ def test_engine_batches_with_left_padding_and_stops_at_turn_end():
     assert all(t and "<|im_end|>" not in t and "<|im_start|>" not in t for t in together)
 
 
+def test_shipped_aligners_decode_the_same_continuously_mixed_and_with_generate(default_squad):
+    """Continuous batching (rows leave and join) and mixed-adapter batches change no answer."""
+    from squad.data import load_policy_data
+
+    aligner = default_squad.aligner
+    root = Path(__file__).resolve().parent.parent / "policies"
+    groups = {c: [(r.question, r.answer) for r in load_policy_data(root / c).split("test")[0][:3]]
+              for c in ("ethics", "helpfulness", "honesty")}
+    eng, saved = aligner.engine, (aligner.engine.batch_size, aligner.max_new_tokens)
+    eng.batch_size, aligner.max_new_tokens = 4, 48
+    try:
+        eng.continuous = False
+        ref = {c: aligner.correct(c, pairs) for c, pairs in groups.items()}
+        eng.continuous = True
+        alone = {c: aligner.correct(c, pairs) for c, pairs in groups.items()}
+        mixed = aligner.correct_many(groups)
+    finally:
+        eng.batch_size, aligner.max_new_tokens = saved
+    assert alone == ref and mixed == ref
+
+
 def test_default_bundle_is_small_and_self_contained():
     from squad.bundle import default_bundle_dir, read_manifest
 

@@ -1,0 +1,65 @@
+"""Continuous-batching greedy decoding (squad.decode) against transformers' generate, tiny random model."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from squad.engine import HFEngine
+from squad.models import resolve
+
+PROMPTS = ["a b c", "the quick brown fox jumps over the lazy dog " * 3, "hello", "one two three four five six",
+           "x " * 20, "question: why? answer: because", "short"]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    torch.manual_seed(0)
+    return HFEngine(resolve("tiny-causal-lm"), batch_size=3, no_repeat_ngram=2)
+
+
+def _both(engine, prompts, n):
+    engine.continuous = False
+    ref = engine.generate(prompts, None, n)
+    engine.continuous = True
+    return ref, engine.generate(prompts, None, n)
+
+
+def test_continuous_matches_generate_with_rows_joining_and_leaving(engine):
+    # Make one frequent token a stop token, so rows end at different steps: finished rows leave,
+    # waiting prompts (7 prompts, 3 slots) join a running batch of a different cache width.
+    engine.continuous = False
+    first = engine.tokenizer(engine.generate(PROMPTS, None, 1), add_special_tokens=False)["input_ids"]
+    saved = engine.stop_ids
+    engine.stop_ids = sorted(set(saved) | {ids[0] for ids in first[:2] if ids})
+    try:
+        ref, got = _both(engine, PROMPTS, 12)
+    finally:
+        engine.stop_ids = saved
+    assert got == ref
+    assert len({len(t) for t in ref}) > 1, "rows should end at different lengths"
+
+
+def test_continuous_matches_generate_without_early_stops(engine):
+    ref, got = _both(engine, PROMPTS[:4], 7)
+    assert got == ref and all(ref)
+
+
+def test_greedy_bans_repeated_ngrams_of_the_completion_only(engine):
+    from squad import decode
+    from squad.engine import banned_next
+
+    assert banned_next([5, 6, 7, 5], 2) == [6]  # "5 6" seen: after 5, 6 is banned
+    assert banned_next([5, 6], 3) == []
+    ids = [engine.tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[:3]]
+    with torch.inference_mode():
+        outs = decode.greedy(engine._model_for(None), ids, 10, [], engine.tokenizer.pad_token_id, slots=2,
+                             ban=lambda toks: banned_next(toks, 2))
+    for toks in outs:
+        pairs = list(zip(toks, toks[1:]))
+        assert len(pairs) == len(set(pairs)) and len(toks) == 10
+
+
+def test_decode_supports_plain_kv_caches(engine):
+    from squad import decode
+
+    assert decode.supports(engine._model_for(None))
