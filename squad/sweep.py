@@ -230,7 +230,8 @@ class _Replay:
     def correct_batch(self, pairs):
         from squad.algorithm import run_squad
 
-        out = run_squad([tuple(p) for p in pairs], self.ev.inspect, self.ev.align, self._policy)
+        out = run_squad([tuple(p) for p in pairs], self.ev.inspect, self.ev.align, self._policy,
+                        align_many=self.ev.align_many)
         self.results += out
         return out
 
@@ -292,6 +293,53 @@ class Evaluator:
     def align(self, criterion: str, pairs: list[tuple[str, str]]) -> list[str]:
         return self._cached("aligner", [(criterion, q, a) for q, a in pairs],
                             lambda m: self.squad.aligner.correct(criterion, [(q, a) for _, q, a in m]), self._aligned)
+
+    def align_many(self, groups: dict[str, list[tuple[str, str]]]) -> dict[str, list[str]]:
+        """A round's groups through the cache; the misses of every criterion decode as one batch."""
+        def compute(misses):
+            by: dict[str, list[tuple[str, str]]] = {}
+            for c, q, a in misses:
+                by.setdefault(c, []).append((q, a))
+            outs = {c: iter(v) for c, v in self.squad.aligner.correct_many(by).items()}
+            return [next(outs[c]) for c, _, _ in misses]
+
+        keys = [(c, q, a) for c, pairs in groups.items() for q, a in pairs]
+        got = iter(self._cached("aligner", keys, compute, self._aligned))
+        return {c: [next(got) for _ in pairs] for c, pairs in groups.items()}
+
+    def prefetch(self, low: dict[str, float], high: dict[str, float], max_steps: int,
+                 priorities: dict[str, int] | None = None) -> int:
+        """Fill the cache with every aligner step some point of the search space can reach, level by
+        level, each level one inspector batch and one mixed aligner batch; returns the steps found.
+
+        Thresholds range over [low[c], high[c]]. At a state, criterion c can be picked only if its
+        score is under high[c] and every criterion the pick rule puts before it (lower score, then
+        priority, then name) can pass, i.e. scores at least its low bound."""
+        prio = priorities or {}
+        states = [(r.question, r.answer, ()) for r in self.rows]
+        found = 0
+        for _ in range(max_steps):
+            scores = self.inspect([(q, a) for q, a, _ in states], self.criteria)
+            groups: dict[str, list[tuple[str, str]]] = {}
+            steps = []
+            for (q, a, applied), sc in zip(states, scores):
+                below = sorted((c for c in self.criteria if c not in applied and sc[c] < high[c]),
+                               key=lambda c: (sc[c], prio.get(c, 0), c))
+                for c in below:
+                    groups.setdefault(c, []).append((q, a))
+                    steps.append((q, a, applied, c))
+                    if sc[c] < low[c]:  # always flagged once reached: nothing after it can be picked
+                        break
+            if not steps:
+                break
+            found += len(steps)
+            outs = self.align_many(groups)
+            pos = {c: iter(v) for c, v in outs.items()}
+            states = []
+            for q, a, applied, c in steps:
+                new = next(pos[c])
+                states.append((q, new if new.strip() else a, applied + (c,)))  # fail-open keeps the answer
+        return found
 
     def embed(self, texts: list[str]):
         import torch
@@ -718,6 +766,7 @@ def run_sweep(cfg: SweepConfig, trials: int | None = None, force_local: bool = F
         try:
             ray.get(ev.ready.remote())
             t1 = time.perf_counter()
+            ray.get(ev.prefetch.remote(*search_bounds(cfg, manifest)))
             results = run_local(cfg, ev, out, trials, log)
             stats = ray.get(ev.stats.remote())
         finally:
@@ -727,6 +776,7 @@ def run_sweep(cfg: SweepConfig, trials: int | None = None, force_local: bool = F
     else:
         ev = Evaluator(**kwargs)
         t1 = time.perf_counter()
+        ev.prefetch(*search_bounds(cfg, manifest))
         results = run_agent(cfg, ev, trials, log)
         stats = ev.stats()
     for r in results:  # the full policy each trial ran (unswept criteria at the bundle's thresholds)
@@ -749,6 +799,26 @@ def run_sweep(cfg: SweepConfig, trials: int | None = None, force_local: bool = F
     renderer = plot(out / "quality_vs_calls.png", xs, ys, front, best)
     secs = {"setup": round(t1 - t0, 2), "sweep": round(time.perf_counter() - t1, 2)}
     return SweepResult(results, front, best, backend, out, stats, secs, renderer)
+
+
+def search_bounds(cfg: SweepConfig, manifest) -> tuple[dict, dict, int, dict]:
+    """Per criterion the lowest and highest threshold the search space can set, the largest
+    max_steps, and the priorities: what ``Evaluator.prefetch`` needs."""
+    def bounds(p: Param | None, default):
+        if p is None:
+            return default, default
+        if p.value is not None:
+            return p.value, p.value
+        if p.values is not None:
+            return min(p.values), max(p.values)
+        return p.min, p.max
+
+    th = cfg.parameters.get("thresholds")
+    low, high = {}, {}
+    for c, entry in manifest.criteria.items():
+        low[c], high[c] = bounds((th.parameters or {}).get(c) if th else None, entry.policy.threshold)
+    steps = bounds(cfg.parameters.get("max_steps"), manifest.max_steps)[1]
+    return low, high, int(steps), {c: e.policy.priority for c, e in manifest.criteria.items()}
 
 
 def _public(r: dict) -> dict:

@@ -143,3 +143,30 @@ def test_replay_equals_fresh_correct_batch(tiny_bundle: Path):
         assert a.answer == b.answer and [s.criterion for s in a.steps] == [s.criterion for s in b.steps]
         assert a.scores == pytest.approx(b.scores, abs=1e-5)
         assert a.initial_scores == pytest.approx(b.initial_scores, abs=1e-5)
+
+
+def test_prefetch_covers_every_point_of_the_space(tiny_bundle: Path):
+    """After prefetching the space's reachable aligner steps, trials anywhere in it make no model call."""
+    import itertools
+    import random
+
+    from squad.evaluate import heldout_rows
+    from squad.sweep import Evaluator, search_bounds
+
+    cfg = load_config(ROOT / "configs" / "sweep.yaml", SweepConfig, ["parameters.max_steps.values=[1,2]"])
+    from squad.bundle import read_manifest
+
+    manifest = read_manifest(tiny_bundle)
+    low, high, steps, prio = search_bounds(cfg, manifest)
+    assert (low["ethics"], high["ethics"], steps) == (0.2, 0.8, 2)
+    ev = Evaluator(str(tiny_bundle), heldout_rows(ROOT / "policies", list(manifest.criteria))[::25][:8])
+    found = ev.prefetch(low, high, steps, prio)
+    assert found >= ev.counts["aligner_misses"] > 0  # equal (criterion, pair) steps share a cache entry
+    rng = random.Random(0)
+    corners = itertools.product(*[(low[c], high[c] - 1e-9) for c in sorted(low)])
+    points = [dict(zip(sorted(low), p)) for p in corners] + \
+             [{c: rng.uniform(low[c], high[c]) for c in low} for _ in range(20)]
+    for th in points:
+        for max_steps in (1, 2):
+            m = ev.trial({"thresholds": th, "max_steps": max_steps})
+            assert m["aligner_misses"] == 0, (th, max_steps)
