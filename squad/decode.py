@@ -146,8 +146,8 @@ def _pick(logits: torch.Tensor, idx: list[int], out: list[list[int]], ban) -> to
             if banned:
                 logits[r, banned] = float("-inf")
     tokens = logits.argmax(dim=-1)
-    for r, i in enumerate(idx):
-        out[i].append(int(tokens[r]))
+    for i, t in zip(idx, tokens.tolist()):  # one device-to-host copy per step
+        out[i].append(t)
     return tokens
 
 
