@@ -6,9 +6,13 @@ Timed here, on the same rows, with models already loaded in each case:
 
 - one evaluation pass: `squad eval`'s `evaluate()` on the real squad (no cache);
 - one cold trial: the sweep's own trial code at the bundle's thresholds, on an empty cache;
-- the sweep: `squad sweep` locally (Ray Tune, one offline W&B run per trial), N points, one cache.
+- the sweep: `squad sweep` locally (Ray Tune, one offline W&B run per trial), N points, one cache
+  (prefetched: every aligner step the search space can reach, before the first trial).
 
-    python bench/sweep_cost.py [--bundle default] [--rows 24] [--points 50] [--config configs/sweep.yaml]
+Default rows: the whole held-out split, as `squad sweep` uses (about 6 minutes here); `--rows 24`
+is a quick look, where the fixed cost of Tune and 50 W&B runs weighs more.
+
+    python bench/sweep_cost.py [--bundle default] [--rows N] [--points 50] [--config configs/sweep.yaml]
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default="default")
-    ap.add_argument("--rows", type=int, default=24, help="held-out rows, evenly spaced over every criterion")
+    ap.add_argument("--rows", type=int, default=None,
+                    help="held-out rows, evenly spaced over every criterion (default: all, as `squad sweep`)")
     ap.add_argument("--points", type=int, default=50, help="sweep trials (random search over the config's space)")
     ap.add_argument("--config", default=str(ROOT / "configs" / "sweep.yaml"))
     args = ap.parse_args()
@@ -36,7 +41,8 @@ def main() -> None:
     from squad.sweep import Evaluator, SweepConfig, load_rows, run_sweep
 
     out = tempfile.mkdtemp(prefix="sweep_cost_")
-    cfg = load_config(args.config, SweepConfig, [f"squad.bundle={args.bundle}", f"squad.rows={args.rows}",
+    rows_opt = [f"squad.rows={args.rows}"] if args.rows else []
+    cfg = load_config(args.config, SweepConfig, [f"squad.bundle={args.bundle}", *rows_opt,
                                                  f"squad.output={out}", "method=random"])
     squad = Squad.load(args.bundle)
     squad.aligner  # loaded before timing, as the sweep's evaluator is
