@@ -82,21 +82,31 @@ class AlignStage(_Stage):
 
 
 class SquadStage(_Stage):
-    """``layout: fused``: every round of the squad in one actor (inspectors and aligners loaded once)."""
+    """``layout: fused``: every round of the squad in one actor (inspectors and aligners loaded once;
+    the aligners only when a row first needs one)."""
+
+    _aligner = None
 
     def load(self, path, manifest):
-        from squad.sdk import load_aligner, load_inspector
+        from squad.sdk import load_inspector
 
-        crits = list(self.policy.thresholds)
-        aligner = load_aligner(path, manifest, self.device, criteria=crits)
-        aligner.engine.batch_size = self.engine_batch
-        return load_inspector(path, manifest, self.device, crits), aligner
+        return load_inspector(path, manifest, self.device, list(self.policy.thresholds))
+
+    def aligner(self):
+        if self._aligner is None:
+            from squad.bundle import read_manifest, resolve_bundle
+            from squad.sdk import load_aligner
+
+            path = resolve_bundle(self.bundle)
+            self._aligner = load_aligner(path, read_manifest(path), self.device, criteria=list(self.policy.thresholds))
+            self._aligner.engine.batch_size = self.engine_batch
+        return self._aligner
 
     def step(self, states):
         if not any(st.needs_scores for st in states):
             return
-        inspector, aligner = self.model()
-        advance(states, inspector.score, aligner.correct, self.policy, time.time, aligner.correct_many)
+        advance(states, self.model().score, lambda c, pairs: self.aligner().correct(c, pairs), self.policy,
+                time.time, lambda groups: self.aligner().correct_many(groups))
 
 
 # ---------------------------------------------------------------------------------------------
