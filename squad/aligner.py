@@ -29,7 +29,7 @@ class Aligner:
         crits = [c for c, pairs in groups.items() for _ in pairs]
         prompts = [self.prompt(c, q, a) for c, pairs in groups.items() for q, a in pairs]
         mixed = getattr(self.engine, "generate_mixed", None)
-        if mixed is None:
+        if mixed is None or len(groups) == 1:
             return {c: self.correct(c, pairs) for c, pairs in groups.items()}
         outs = iter(mixed(prompts, crits, max_new_tokens=self.max_new_tokens))
         return {c: [next(outs) for _ in pairs] for c, pairs in groups.items()}

@@ -25,12 +25,22 @@ class _Stage:
         if self._model is None:
             import torch
 
-            from squad.bundle import read_manifest, resolve_bundle
-
             torch.set_num_threads(self.threads)
-            path = resolve_bundle(self.bundle)
-            self._model = self.load(path, read_manifest(path))
+            self._model = self.load(*self.bundle_files())
         return self._model
+
+    def bundle_files(self):
+        from squad.bundle import read_manifest, resolve_bundle
+
+        path = resolve_bundle(self.bundle)
+        return path, read_manifest(path)
+
+    def load_aligner(self, path, manifest):
+        from squad.sdk import load_aligner
+
+        aligner = load_aligner(path, manifest, self.device, criteria=list(self.policy.thresholds))
+        aligner.engine.batch_size = self.engine_batch
+        return aligner
 
     def load(self, path: Path, manifest):
         raise NotImplementedError
@@ -68,11 +78,7 @@ class AlignStage(_Stage):
     """Runs each criterion's aligner over the rows that picked it, all groups in one mixed LoRA batch."""
 
     def load(self, path, manifest):
-        from squad.sdk import load_aligner
-
-        aligner = load_aligner(path, manifest, self.device, criteria=list(self.policy.thresholds))
-        aligner.engine.batch_size = self.engine_batch
-        return aligner
+        return self.load_aligner(path, manifest)
 
     def step(self, states):
         groups = group_by_next(states)
@@ -94,12 +100,7 @@ class SquadStage(_Stage):
 
     def aligner(self):
         if self._aligner is None:
-            from squad.bundle import read_manifest, resolve_bundle
-            from squad.sdk import load_aligner
-
-            path = resolve_bundle(self.bundle)
-            self._aligner = load_aligner(path, read_manifest(path), self.device, criteria=list(self.policy.thresholds))
-            self._aligner.engine.batch_size = self.engine_batch
+            self._aligner = self.load_aligner(*self.bundle_files())
         return self._aligner
 
     def step(self, states):

@@ -89,22 +89,25 @@ class HFEngine:
         """Like ``generate`` with one adapter per prompt. LoRA adapters on one base share every decode
         step (peft mixed batches); otherwise each adapter's prompts run as their own batch."""
         if self._peft is not None and self.continuous and self._decode_supported(self._peft):
-            from squad import decode
-
             for name in set(adapters):
                 self._model_for(name)  # unknown adapters fail here, before any work
-            ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-            n = self.no_repeat_ngram
-            outs = decode.greedy(self._peft, ids, max_new_tokens, self.stop_ids, self.tokenizer.pad_token_id,
-                                 slots=self.batch_size, ban=(lambda toks: banned_next(toks, n)) if n else None,
-                                 adapters=list(adapters))
-            return [t.strip() for t in self.tokenizer.batch_decode(outs, skip_special_tokens=True)]
+            return self._continuous(self._peft, prompts, max_new_tokens, list(adapters))
         out: list[str | None] = [None] * len(prompts)
         for name in dict.fromkeys(adapters):
             idx = [i for i, a in enumerate(adapters) if a == name]
             for i, text in zip(idx, self.generate([prompts[i] for i in idx], name, max_new_tokens)):
                 out[i] = text
         return out
+
+    def _continuous(self, model, prompts: list[str], max_new_tokens: int, adapters: list[str] | None = None) -> list[str]:
+        from squad import decode
+
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        n = self.no_repeat_ngram
+        outs = decode.greedy(model, ids, max_new_tokens, self.stop_ids, self.tokenizer.pad_token_id,
+                             slots=self.batch_size, ban=(lambda toks: banned_next(toks, n)) if n else None,
+                             adapters=adapters)
+        return [t.strip() for t in self.tokenizer.batch_decode(outs, skip_special_tokens=True)]
 
     def _decode_supported(self, model) -> bool:
         if not hasattr(self, "_decode_ok"):
@@ -129,13 +132,7 @@ class HFEngine:
     def generate(self, prompts: list[str], adapter: str | None, max_new_tokens: int = 128) -> list[str]:
         model = self._model_for(adapter)
         if self.continuous and self._decode_supported(model):
-            from squad import decode
-
-            ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-            n = self.no_repeat_ngram
-            outs = decode.greedy(model, ids, max_new_tokens, self.stop_ids, self.tokenizer.pad_token_id,
-                                 slots=self.batch_size, ban=(lambda toks: banned_next(toks, n)) if n else None)
-            return [t.strip() for t in self.tokenizer.batch_decode(outs, skip_special_tokens=True)]
+            return self._continuous(model, prompts, max_new_tokens)
         out: list[str] = []
         for i in range(0, len(prompts), self.batch_size):
             chunk = prompts[i:i + self.batch_size]

@@ -291,8 +291,7 @@ class Evaluator:
         return [{c: s[c] for c in criteria} for s in got]
 
     def align(self, criterion: str, pairs: list[tuple[str, str]]) -> list[str]:
-        return self._cached("aligner", [(criterion, q, a) for q, a in pairs],
-                            lambda m: self.squad.aligner.correct(criterion, [(q, a) for _, q, a in m]), self._aligned)
+        return self.align_many({criterion: pairs})[criterion]
 
     def align_many(self, groups: dict[str, list[tuple[str, str]]]) -> dict[str, list[str]]:
         """A round's groups through the cache; the misses of every criterion decode as one batch."""
