@@ -6,8 +6,9 @@ run, on the shipped default squad. The Ray Data time includes the model loads of
 its aligner warmed before timing. Also printed: how many final answers the two paths agree on
 (they run the same algorithm; batching may change greedy decoding by float noise only).
 
-Both pipeline layouts run: ``staged`` (one actor pool per stage, the default) and ``fused`` (one
-pool whose actors run every round).
+Both pipeline layouts run: ``staged`` (one actor pool per stage: the inspectors, then one per
+round) and ``fused`` (one pool whose actors run every round); the line at the end says which one
+the default, ``layout: auto``, picks on this machine.
 
     python bench/batch_throughput.py [--rows 96] [--bundle default] [--layouts staged,fused] [key=value ...]
 """
@@ -37,7 +38,9 @@ def main() -> None:
     import ray
 
     from squad import Squad
-    from squad.batch_data import ensure_ray, load_batch_config, run_batch
+    from squad.batch_data import ensure_ray, load_batch_config, resolve_layout, run_batch
+    from squad.bundle import read_manifest, resolve_bundle
+    from squad.sdk import squad_policy
 
     rows = workload(args.rows)
     cfg = load_batch_config(None, ["progress=false", *args.overrides])
@@ -48,6 +51,10 @@ def main() -> None:
     print(f"batch config: chunk_rows {cfg.chunk_rows}; inspector {cfg.inspector.model_dump()}; "
           f"aligner {cfg.aligner.model_dump()}\n")
 
+    ensure_ray()
+    cpus = ray.cluster_resources().get("CPU", 0)
+    auto = resolve_layout(cfg.model_copy(update={"layout": "auto"}),
+                          squad_policy(read_manifest(resolve_bundle(args.bundle))), False, ray.cluster_resources())
     runs = {}
     for layout in args.layouts.split(","):
         ensure_ray()
@@ -67,7 +74,7 @@ def main() -> None:
     print("| path | rows | seconds | rows/s |")
     print("|---|---|---|---|")
     for layout, (s, _) in runs.items():
-        what = f"{s['stages']} stages" if layout == "staged" else "1 fused stage"
+        what = f"{s['stages']} stage{'s' if s['stages'] > 1 else ''}"
         print(f"| squad batch (Ray Data, {layout}: {what}) | {s['rows_out']} | {s['seconds']:.1f} | {n / s['seconds']:.3f} |")
     print(f"| sequential Squad.correct loop | {n} | {seq_s:.1f} | {n / seq_s:.3f} |")
     print(f"\naligner runs: {steps} over {sum(bool(c.steps) for c in seq)} rows")
@@ -75,6 +82,7 @@ def main() -> None:
         print(f"{layout}: rows in {s['rows_in']} = out {s['rows_out']} + errors {s['errors']}; same final answer as "
               f"the loop {sum(o['answer'] == c.answer for o, c in zip(out, seq))}/{n}; "
               f"throughput ratio, batch / sequential: {seq_s / s['seconds']:.2f}x")
+    print(f"the default, layout=auto, picks {auto} on this Ray cluster ({cpus:g} CPUs)")
 
 
 if __name__ == "__main__":

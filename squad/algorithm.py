@@ -9,11 +9,12 @@ one inspector call per round for every pending pair and one aligner call per cri
 (or, given ``align_many``, one call per round for all criteria's groups, which a LoRA engine
 decodes as one mixed batch).
 A single pair is a batch of one, so ``correct`` and ``correct_batch`` agree by construction.
-``run_squad`` drives the per-pair steps (``observe``, ``apply_step``) in rounds; ``squad batch``
+``run_squad`` drives the per-pair steps (``score_pending``, ``apply_round``) in rounds; ``squad batch``
 drives the same steps as streaming Ray Data stages.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ from squad.correction import Correction, Step
 InspectFn = Callable[[list[tuple[str, str]], list[str]], list[dict[str, float]]]
 AlignFn = Callable[[str, list[tuple[str, str]]], list[str]]
 AlignManyFn = Callable[[dict[str, list[tuple[str, str]]]], dict[str, list[str]]]
+# align_stream(jobs, done): jobs are (key, criterion, question, answer); done([(key, corrected), ...])
+# is called as jobs finish and returns further jobs for the same run (squad.aligner.Aligner.correct_stream)
+AlignStreamFn = Callable[[list[tuple[int, str, str, str]], Callable[[list[tuple[int, str]]], list]], None]
 
 
 @dataclass
@@ -118,14 +122,74 @@ def run_squad(pairs: Sequence[tuple[str, str]], inspect: InspectFn, align: Align
 def advance(states: list[PairState], inspect: InspectFn, align: AlignFn, policy: SquadPolicy, clock,
             align_many: AlignManyFn | None = None) -> None:
     """Run rounds until every state is done: score the pending pairs, then one aligner round."""
-    criteria = list(policy.thresholds)
+    while pending := score_pending(states, inspect, policy, clock):  # changed pairs: re-scored on all criteria
+        apply_round(group_by_next(pending), align, policy, clock, align_many)
+
+
+def advance_streaming(states: list[PairState], inspect: InspectFn, align_stream: AlignStreamFn, policy: SquadPolicy,
+                      clock) -> None:
+    """``advance`` without rounds: a pair whose aligner step finishes is re-scored at once and, if it
+    needs another criterion, its next step joins the aligner's running batch instead of waiting for
+    the round's slowest pair. Every pair takes the same steps as in ``advance``; only the batching
+    differs (the inspector scores the pairs that finished together). An aligner failure is recorded
+    on the steps in flight, as ``apply_step`` does; an inspector failure propagates."""
+    score_pending(states, inspect, policy, clock)
+    while todo := [st for st in states if not st.done and st.next is not None]:
+        inflight: dict[int, tuple[PairState, float]] = {}
+        keys = itertools.count()
+
+        def submit(sts: list[PairState]) -> list[tuple[int, str, str, str]]:
+            jobs = []
+            for st in sts:
+                if not st.done and st.next is not None:
+                    k = next(keys)
+                    inflight[k] = (st, clock())
+                    jobs.append((k, st.next, st.question, st.answer))
+            return jobs
+
+        def done(finished: list[tuple[int, str]]) -> list[tuple[int, str, str, str]]:
+            sts = []
+            for k, text in finished:
+                st, t0 = inflight.pop(k)
+                apply_step(st.next, [st], lambda _c, _p, t=text: [t], policy, clock, latency_ms=(clock() - t0) * 1000.0)
+                sts.append(st)
+            try:
+                score_pending(sts, inspect, policy, clock)
+            except Exception as e:
+                raise _InspectorFailed(e) from e
+            return submit(sts)
+
+        try:
+            align_stream(submit(todo), done)
+            if inflight:
+                raise RuntimeError(f"aligner returned no answer for {len(inflight)} pairs")
+        except _InspectorFailed as e:
+            raise e.error from None
+        except Exception as e:  # the steps in flight record the failure; their pairs are re-scored
+            def fail(_c, _p, err=e):
+                raise err
+
+            for crit, group in group_by_next([st for st, _ in inflight.values()]).items():
+                apply_step(crit, group, fail, policy, clock)
+            score_pending(states, inspect, policy, clock)
+
+
+class _InspectorFailed(Exception):
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+def score_pending(states: Sequence[PairState], inspect: InspectFn, policy: SquadPolicy, clock) -> list[PairState]:
+    """Score every state waiting for scores in one inspector call, and pick each one's next
+    criterion (``observe``); returns the states it scored."""
     pending = [st for st in states if st.needs_scores]
-    while pending:
+    if pending:
+        criteria = list(policy.thresholds)
         scored = check_scores(inspect([(st.question, st.answer) for st in pending], criteria), len(pending), criteria)
         for st, s in zip(pending, scored):
             observe(st, s, policy, clock())
-        apply_round(group_by_next(pending), align, policy, clock, align_many)
-        pending = [st for st in states if st.needs_scores]  # every changed pair is re-scored on all criteria
+    return pending
 
 
 def apply_round(groups: dict[str, list[PairState]], align: AlignFn, policy: SquadPolicy, clock,

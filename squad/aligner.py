@@ -20,6 +20,29 @@ class Aligner:
         prompts = [self.prompt(criterion, q, a) for q, a in pairs]
         return self.engine.generate(prompts, adapter=criterion, max_new_tokens=self.max_new_tokens)
 
+    def correct_stream(self, jobs: list[tuple[int, str, str, str]], done) -> None:
+        """Correct ``jobs`` ``(key, criterion, question, answer)``; ``done([(key, corrected), ...])``
+        hears of each as soon as it is decoded and returns further jobs for the same run (with LoRA
+        adapters they join the running batch: a pair's next step need not wait for the slowest
+        pair's current one). Engines without ``stream_mixed`` run the jobs in ``correct_many`` rounds."""
+
+        def prompts(new):
+            for _, criterion, _, _ in new:
+                if criterion not in self.policies:
+                    raise KeyError(f"no aligner for criterion {criterion!r}; known: {sorted(self.policies)}")
+            return [(k, self.prompt(c, q, a), c) for k, c, q, a in new]
+
+        stream = getattr(self.engine, "stream_mixed", None)
+        if stream is not None:
+            stream(prompts(jobs), lambda finished: prompts(done(finished)), self.max_new_tokens)
+            return
+        while jobs:
+            groups: dict[str, list[tuple[int, str, str]]] = {}
+            for k, c, q, a in jobs:
+                groups.setdefault(c, []).append((k, q, a))
+            outs = self.correct_many({c: [(q, a) for _, q, a in g] for c, g in groups.items()})
+            jobs = done([(k, text) for c, g in groups.items() for (k, _, _), text in zip(g, outs[c])])
+
     def correct_many(self, groups: dict[str, list[tuple[str, str]]]) -> dict[str, list[str]]:
         """``correct`` for several criteria at once: with LoRA adapters on one base, all of them share
         one continuous batch (fewer decode steps than one batch per criterion)."""

@@ -34,10 +34,11 @@ class AlignerStage(StageResources):
 
 
 class BatchConfig(_Strict):
-    layout: Literal["staged", "fused"] = Field(
-        "staged", description="staged: one actor pool per stage (inspectors, then per round aligners and "
-                              "inspectors), each scaling on its own; fused: one pool whose actors run every round "
-                              "(aligner resources), one model load per actor, best on a few cores.")
+    layout: Literal["auto", "staged", "fused"] = Field(
+        "auto", description="staged: one actor pool per stage (inspectors, then one per round: aligners and "
+                            "re-scoring), each scaling on its own; fused: one pool whose actors run every round "
+                            "(aligner resources), one model load per actor; auto: staged when the cluster has the "
+                            "CPUs (GPUs) to run every stage at once, fused otherwise (a few cores).")
     chunk_rows: int = Field(2048, ge=1, description="Valid rows per streamed pipeline run; bounds driver memory.")
     inspector: StageResources = Field(default_factory=lambda: StageResources(batch_size=256))
     aligner: AlignerStage = Field(default_factory=lambda: AlignerStage(batch_size=256, num_cpus=0.3, torch_threads=2))

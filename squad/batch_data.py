@@ -1,10 +1,10 @@
 """``squad batch``: the squad algorithm as one streaming Ray Data pipeline over JSON Lines or Parquet.
 
-Valid input rows stream through ``2 * max_steps + 1`` stages, each a ``map_batches`` actor pool
-(squad.batch_stages): inspectors, then per round an aligner stage (rows grouped by the criterion
-they picked, one aligner call per criterion per batch) and an inspector stage that re-scores what
-changed. These are the steps ``run_squad`` takes (squad.algorithm), so results match the SDK.
-Every stage's actors start once per run and load their model once; rows stream between stages
+Valid input rows stream through ``max_steps + 1`` stages, each a ``map_batches`` actor pool
+(squad.batch_stages): inspectors, then per round a stage that runs the aligners over the rows
+grouped by the criterion they picked (one mixed batch) and re-scores what changed. These are the
+steps ``run_squad`` takes (squad.algorithm), so results match the SDK. Every stage's actors start
+once per run and begin loading their models at once, in the background; rows stream between stages
 without a barrier. Rows that fail validation go to ``OUT/errors/errors.jsonl`` with the reason;
 corrected rows, with their traces, to ``OUT/part-NNNNN.{jsonl,parquet}`` in input order.
 """
@@ -89,11 +89,35 @@ def _use_vllm(stage: AlignerStage, mode: str) -> bool:
 
 
 
+def resolve_layout(cfg: BatchConfig, policy: SquadPolicy, vllm: bool, resources: dict[str, float]) -> str:
+    """``layout: auto``: staged when ``resources`` (Ray's cluster resources) can run every stage at
+    once, each with its own cores (torch threads) or GPU share; fused otherwise. With a few cores,
+    each extra stage's actor only adds a process start and model loads (about 4 CPU-seconds of
+    imports each here) while the stages take turns on the same cores."""
+    if cfg.layout != "auto":
+        return cfg.layout
+    if vllm:
+        return "staged"
+    stages = [cfg.inspector] + [cfg.aligner] * policy.max_steps
+    cpus = sum(st.torch_threads for st in stages if st.num_gpus == 0)
+    gpus = sum(st.num_gpus for st in stages)
+    fits = resources.get("CPU", 0) >= cpus and resources.get("GPU", 0) >= gpus
+    return "staged" if fits else "fused"
+
+
+def stage_count(cfg: BatchConfig, policy: SquadPolicy, vllm: bool) -> int:
+    """Actor pools running squad steps: fused 1; staged the inspectors plus one per round (with vLLM
+    a round is the engine's pools plus an inspector pool)."""
+    if vllm:
+        return 1 + 2 * policy.max_steps
+    return 1 if cfg.layout == "fused" else 1 + policy.max_steps
+
+
 def stream_states(states: list[PairState], bundle: str, cfg: BatchConfig, policy: SquadPolicy):
     """Run the pipeline over ``states``; yields them back, finished, in order."""
     import ray
 
-    from squad.batch_stages import AlignStage, InspectStage, SquadStage, _pool, vllm_round
+    from squad.batch_stages import InspectStage, RoundStage, SquadStage, _pool, vllm_round
     from squad.bundle import read_manifest, resolve_bundle
 
     path = resolve_bundle(bundle)
@@ -110,17 +134,17 @@ def stream_states(states: list[PairState], bundle: str, cfg: BatchConfig, policy
                               fn_constructor_kwargs=dict(bundle=actor_bundle, policy=policy, threads=st.torch_threads,
                                                          device=_device(st), **kw), **extra)
 
-    if cfg.layout == "fused" and not vllm:
+    if resolve_layout(cfg, policy, vllm, ray.cluster_resources()) == "fused" and not vllm:
         for row in stage(SquadStage, cfg.aligner, engine_batch=cfg.engine_batch).iter_rows():
             yield PairState.from_json(row["state"])
         return
-    ds = stage(InspectStage, cfg.inspector)
+    ds = stage(InspectStage, cfg.inspector, preload=True)
     for _ in range(policy.max_steps):
         if vllm:
             ds = vllm_round(ds, actor_bundle, path, manifest, policy, cfg.aligner)
+            ds = stage(InspectStage, cfg.inspector, preload=True)
         else:
-            ds = stage(AlignStage, cfg.aligner, engine_batch=cfg.engine_batch)
-        ds = stage(InspectStage, cfg.inspector)
+            ds = stage(RoundStage, cfg.aligner, engine_batch=cfg.engine_batch, preload=True)
     for row in ds.iter_rows():
         yield PairState.from_json(row["state"])
 
@@ -142,9 +166,13 @@ def run_batch(src: str | Path, out: str | Path, bundle: str | Path = "default", 
     source = detect_source(str(src), input_format)
     manifest = read_manifest(resolve_bundle(bundle))  # argument, bundle and output errors come before Ray starts
     policy = squad_policy(manifest, criteria, thresholds, max_steps, fail_closed)
-    _use_vllm(cfg.aligner, manifest.aligner.mode)
+    vllm = _use_vllm(cfg.aligner, manifest.aligner.mode)
     writer = Writer(Path(out), fmt, overwrite)
     ensure_ray()
+    import ray
+
+    layout = resolve_layout(cfg, policy, vllm, ray.cluster_resources())
+    cfg = cfg.model_copy(update={"layout": layout})
     restore = _quiet_data_context()
     started = time.perf_counter()
     total = sum(1 for line in open(source.path, "rb") if line.strip()) if Path(source.path).is_file() \
@@ -188,5 +216,6 @@ def run_batch(src: str | Path, out: str | Path, bundle: str | Path = "default", 
         raise RuntimeError(f"row accounting failed: {n_in} in, {n_out} out, {n_err} errors")
     secs = time.perf_counter() - started
     return {"rows_in": n_in, "rows_out": n_out, "errors": n_err, "balanced": True, "output": str(out),
-            "errors_file": str(writer.errors_path), "parts": writer.parts, "stages": 2 * policy.max_steps + 1,
+            "errors_file": str(writer.errors_path), "parts": writer.parts, "layout": layout,
+            "stages": stage_count(cfg, policy, vllm),
             "seconds": round(secs, 2), "rows_per_s": round(n_out / secs, 3) if secs else None}

@@ -1,32 +1,40 @@
 """``squad batch`` pipeline stages: the squad algorithm's steps as Ray Data ``map_batches`` actor pools.
 
-Each row carries one pair's state (``squad.algorithm.PairState`` as JSON). An inspector stage
-scores the rows that wait for scores and picks each one's next criterion (``observe``); an aligner
-stage groups the rows by that criterion and runs the groups' aligners together (``apply_round``).
-Rows with nothing to do pass through. Actors load their model on the first batch with work for
-them, so a round that no row reaches costs no model load.
+Each row carries one pair's state (``squad.algorithm.PairState`` as JSON). The staged layout is an
+inspector stage, which scores every row and picks its next criterion, then one stage per round:
+the round's aligners over the rows grouped by the criterion they picked (all groups decoded as one
+mixed LoRA batch, ``apply_round``), then the re-scoring of the rows that changed, in the same actor
+(``score_pending``). Rows with nothing to do pass through. With ``preload`` an actor starts loading
+its models in a background thread as soon as it starts, so later rounds' loads overlap earlier
+rounds' work; without it, an actor loads on its first batch with work.
 """
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
-from squad.algorithm import (PairState, SquadPolicy, advance, apply_round, apply_step, check_scores, group_by_next,
-                             observe)
+from squad.algorithm import PairState, SquadPolicy, advance_streaming, apply_round, apply_step, group_by_next, score_pending
 
 
 class _Stage:
-    def __init__(self, bundle: str, policy: SquadPolicy, threads: int = 1, device: str = "cpu", engine_batch: int = 32):
+    def __init__(self, bundle: str, policy: SquadPolicy, threads: int = 1, device: str = "cpu", engine_batch: int = 32,
+                 preload: bool = False):
         self.bundle, self.policy, self.threads, self.device, self.engine_batch = bundle, policy, threads, device, engine_batch
         self._model = None
+        self._lock = threading.Lock()
+        self.preloading = threading.Thread(target=self.model, name="squad-preload", daemon=True) if preload else None
+        if self.preloading:
+            self.preloading.start()
 
     def model(self):
-        if self._model is None:
-            import torch
+        with self._lock:  # a preload in flight finishes first
+            if self._model is None:
+                import torch
 
-            torch.set_num_threads(self.threads)
-            self._model = self.load(*self.bundle_files())
+                torch.set_num_threads(self.threads)
+                self._model = self.load(*self.bundle_files())
         return self._model
 
     def bundle_files(self):
@@ -34,6 +42,11 @@ class _Stage:
 
         path = resolve_bundle(self.bundle)
         return path, read_manifest(path)
+
+    def load_inspector(self, path, manifest):
+        from squad.sdk import load_inspector
+
+        return load_inspector(path, manifest, self.device, list(self.policy.thresholds))
 
     def load_aligner(self, path, manifest):
         from squad.sdk import load_aligner
@@ -60,43 +73,37 @@ class InspectStage(_Stage):
     """Scores every row waiting for scores (all criteria in play, one batched call)."""
 
     def load(self, path, manifest):
-        from squad.sdk import load_inspector
-
-        return load_inspector(path, manifest, self.device)
+        return self.load_inspector(path, manifest)
 
     def step(self, states):
-        todo = [st for st in states if st.needs_scores]
-        if not todo:
-            return
-        crits = list(self.policy.thresholds)
-        scored = check_scores(self.model().score([(st.question, st.answer) for st in todo], crits), len(todo), crits)
-        for st, s in zip(todo, scored):
-            observe(st, s, self.policy, time.time())
+        if any(st.needs_scores for st in states):
+            score_pending(states, self.model().score, self.policy, time.time)
 
 
-class AlignStage(_Stage):
-    """Runs each criterion's aligner over the rows that picked it, all groups in one mixed LoRA batch."""
+class RoundStage(_Stage):
+    """One round: each criterion's aligner over the rows that picked it (all groups in one mixed
+    LoRA batch), then those rows re-scored on every criterion."""
 
     def load(self, path, manifest):
-        return self.load_aligner(path, manifest)
+        return self.load_inspector(path, manifest), self.load_aligner(path, manifest)
 
     def step(self, states):
         groups = group_by_next(states)
         if groups:
-            aligner = self.model()
+            inspector, aligner = self.model()
             apply_round(groups, aligner.correct, self.policy, time.time, aligner.correct_many)
+            score_pending(states, inspector.score, self.policy, time.time)
 
 
 class SquadStage(_Stage):
-    """``layout: fused``: every round of the squad in one actor (inspectors and aligners loaded once;
-    the aligners only when a row first needs one)."""
+    """``layout: fused``: the whole squad in one actor (inspectors and aligners loaded once, the
+    aligners only when a row first needs one), without rounds: a row's next aligner step joins the
+    running decode as soon as its re-scoring asks for it (``advance_streaming``)."""
 
     _aligner = None
 
     def load(self, path, manifest):
-        from squad.sdk import load_inspector
-
-        return load_inspector(path, manifest, self.device, list(self.policy.thresholds))
+        return self.load_inspector(path, manifest)
 
     def aligner(self):
         if self._aligner is None:
@@ -106,8 +113,8 @@ class SquadStage(_Stage):
     def step(self, states):
         if not any(st.needs_scores for st in states):
             return
-        advance(states, self.model().score, lambda c, pairs: self.aligner().correct(c, pairs), self.policy,
-                time.time, lambda groups: self.aligner().correct_many(groups))
+        advance_streaming(states, self.model().score, lambda jobs, done: self.aligner().correct_stream(jobs, done),
+                          self.policy, time.time)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +144,7 @@ class VllmPrompts:
 
 
 class VllmApply:
-    """Puts the generated corrections into the states, grouped by criterion like ``AlignStage``."""
+    """Puts the generated corrections into the states, grouped by criterion like ``RoundStage``."""
 
     def __init__(self, policy: SquadPolicy):
         self.policy = policy

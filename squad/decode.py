@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+Refill = Callable[[list[tuple[int, list[int]]]], list[tuple[list[int], "str | None"]]]
+
 
 class _Rows:
     """The running batch: prompt index, attention mask, next position and last token per row."""
@@ -80,7 +82,7 @@ def supports(model) -> bool:
 
 def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[int], pad_id: int,
            slots: int = 16, ban: Callable[[list[int]], list[int]] | None = None,
-           adapters: list[str] | None = None) -> list[list[int]]:
+           adapters: list[str] | None = None, refill: Refill | None = None) -> list[list[int]]:
     """Greedy continuations (token ids, stop token included) of tokenised ``prompts``.
 
     At most ``slots`` rows decode together; waiting prompts join when a quarter of the slots are
@@ -88,7 +90,12 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[
     ``ban(tokens_so_far)`` lists token ids a row may not emit next (e.g. repeated n-grams).
     ``adapters`` names each prompt's LoRA adapter (peft mixed batches): rows of different
     criteria then share every decode step.
+    ``refill([(index, tokens), ...])`` hears of finished rows (batched: when slots are free to take
+    new work, or nothing is left) and returns further prompts, as ``(ids, adapter)``, to decode in
+    the same run; they are numbered on from ``len(prompts)`` in the result.
     """
+    prompts = list(prompts)
+    adapters = list(adapters) if adapters is not None else None
     device = next(model.parameters()).device
     arg = _cache_arg(model)
 
@@ -100,14 +107,27 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[
     stops = set(stop_ids)
     out: list[list[int]] = [[] for _ in prompts]
     waiting = deque(range(len(prompts)))
+    finished: list[int] = []  # rows refill has not heard of yet
     rows: _Rows | None = None
-    while waiting or rows is not None:
+    while waiting or rows is not None or finished:
         free = slots - (len(rows.idx) if rows else 0)
-        if waiting and (rows is None or free >= max(1, slots // 4)):
+        room = rows is None or free >= max(1, slots // 4)
+        if finished and room:
+            for ids, adapter in refill([(i, out[i]) for i in finished]):
+                if (adapter is None) != (adapters is None):
+                    raise ValueError("refill must name an adapter exactly when the prompts have adapters")
+                prompts.append(list(ids))
+                out.append([])
+                waiting.append(len(prompts) - 1)
+                if adapters is not None:
+                    adapters.append(adapter)
+            finished = []
+            continue
+        if waiting and room:
             new, logits = _prefill(model, [waiting.popleft() for _ in range(min(free, len(waiting)))],
                                    prompts, pad_id, device, arg, forward)
             new.last = _pick(logits, new.idx, out, ban)
-            new = _step_done(new, out, stops, max_new_tokens)
+            new = _step_done(new, out, stops, max_new_tokens, finished if refill else None)
             if new is not None:
                 if rows is None:
                     rows = new
@@ -119,7 +139,7 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[
                          position_ids=rows.pos[:, None], **{arg: rows.cache})
         rows.pos = rows.pos + 1
         rows.last = _pick(logits, rows.idx, out, ban)
-        rows = _step_done(rows, out, stops, max_new_tokens)
+        rows = _step_done(rows, out, stops, max_new_tokens, finished if refill else None)
     return out
 
 
@@ -151,8 +171,12 @@ def _pick(logits: torch.Tensor, idx: list[int], out: list[list[int]], ban) -> to
     return tokens
 
 
-def _step_done(rows: _Rows, out: list[list[int]], stops: set[int], max_new: int) -> _Rows | None:
+def _step_done(rows: _Rows, out: list[list[int]], stops: set[int], max_new: int,
+               finished: list[int] | None = None) -> _Rows | None:
     keep = [r for r, i in enumerate(rows.idx) if out[i][-1] not in stops and len(out[i]) < max_new]
+    if finished is not None:
+        kept = set(keep)
+        finished += [i for r, i in enumerate(rows.idx) if r not in kept]
     if not keep:
         return None
     if len(keep) < len(rows.idx):

@@ -99,14 +99,45 @@ class HFEngine:
                 out[i] = text
         return out
 
-    def _continuous(self, model, prompts: list[str], max_new_tokens: int, adapters: list[str] | None = None) -> list[str]:
+    @torch.inference_mode()
+    def stream_mixed(self, jobs: list[tuple[int, str, str]], done, max_new_tokens: int = 128) -> None:
+        """Decode ``jobs`` ``(key, prompt, adapter)``; ``done([(key, text), ...])`` hears of finished
+        jobs as they finish and returns further jobs, which join the same continuous batch (LoRA
+        adapters on one base). Other engines: batches of ``generate_mixed`` until no job is left."""
+        if not (self._peft is not None and self.continuous and self._decode_supported(self._peft)):
+            while jobs:
+                jobs = done(list(zip([k for k, _, _ in jobs],
+                                     self.generate_mixed([p for _, p, _ in jobs], [a for _, _, a in jobs], max_new_tokens))))
+            return
+        keys: list[int] = []
+
+        def encode(new):
+            for key, _, adapter in new:
+                self._model_for(adapter)  # unknown adapters fail before any work
+                keys.append(key)
+            return [(self._ids(p), a) for _, p, a in new]
+
+        def refill(finished):
+            texts = self.tokenizer.batch_decode([t for _, t in finished], skip_special_tokens=True)
+            return encode(done([(keys[i], t.strip()) for (i, _), t in zip(finished, texts)]))
+
+        first = encode(jobs)
+        if first:
+            self._decode(self._peft, [i for i, _ in first], max_new_tokens, [a for _, a in first], refill)
+
+    def _ids(self, prompt: str) -> list[int]:
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def _decode(self, model, ids, max_new_tokens, adapters=None, refill=None) -> list[list[int]]:
         from squad import decode
 
-        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         n = self.no_repeat_ngram
-        outs = decode.greedy(model, ids, max_new_tokens, self.stop_ids, self.tokenizer.pad_token_id,
+        return decode.greedy(model, ids, max_new_tokens, self.stop_ids, self.tokenizer.pad_token_id,
                              slots=self.batch_size, ban=(lambda toks: banned_next(toks, n)) if n else None,
-                             adapters=adapters)
+                             adapters=adapters, refill=refill)
+
+    def _continuous(self, model, prompts: list[str], max_new_tokens: int, adapters: list[str] | None = None) -> list[str]:
+        outs = self._decode(model, [self._ids(p) for p in prompts], max_new_tokens, adapters)
         return [t.strip() for t in self.tokenizer.batch_decode(outs, skip_special_tokens=True)]
 
     def _decode_supported(self, model) -> bool:

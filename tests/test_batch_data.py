@@ -54,7 +54,7 @@ def job(tiny_bundle: Path, tmp_path_factory) -> dict:
     src.write_text("\n".join(lines) + "\n")
     out = tmp / "out"
     argv = ["batch", "--input", str(src), "--output", str(out), "--bundle", str(tiny_bundle), "--max-steps", "1",
-            "--json", "progress=false"]
+            "--json", "progress=false", "layout=staged"]
     for c, v in TH.items():
         argv += ["--threshold", f"{c}={v}"]
     printed = io.StringIO()
@@ -75,7 +75,7 @@ def test_rows_in_equal_rows_out_plus_errors(job):
     rows = [r for p in sorted(job["out"].glob("part-*.jsonl")) for r in _read(p)]
     crits = {s["criterion"] for r in rows for s in r["steps"]}
     assert crits <= {"ethics", "honesty"} and all(len(r["steps"]) == 1 for r in rows)
-    assert summary["stages"] == 3  # inspectors, one aligner round, inspectors
+    assert summary["layout"] == "staged" and summary["stages"] == 2  # inspectors, one round (aligners, re-scoring)
     assert [r["line"] for r in rows] == [n for n in range(1, 201) if n not in BAD]  # input order kept
     assert all(r["id"] == r["line"] for r in rows)  # extra input fields are kept
 
@@ -206,20 +206,20 @@ def test_help_lists_the_interface(capsys):
 
 
 def test_stages_step_like_run_squad_and_skip_rows_without_work(tiny_bundle: Path):
-    """The pipeline's stage UDFs, called in-process: same results as run_squad; idle stages load nothing."""
+    """The pipeline's stage UDFs, called in-process: same results as run_squad; idle stages load
+    nothing, unless they preload."""
     import numpy as np
 
     from squad import Squad
     from squad.algorithm import PairState
-    from squad.batch_stages import AlignStage, InspectStage
+    from squad.batch_stages import InspectStage, RoundStage
     from squad.sdk import squad_policy
 
     squad = Squad.load(tiny_bundle)
     policy = squad_policy(squad.manifest, thresholds=TH, max_steps=1)
     pairs = [(r["question"], r["answer"]) for r in map(_row, range(5))]
     batch = {"idx": np.arange(5), "state": np.array([PairState(q, a, a, 0.0).to_json() for q, a in pairs], dtype=object)}
-    inspect, align = InspectStage(str(tiny_bundle), policy), AlignStage(str(tiny_bundle), policy)
-    for stage in (inspect, align, inspect):
+    for stage in (InspectStage(str(tiny_bundle), policy), RoundStage(str(tiny_bundle), policy)):
         batch = stage(batch)
     got = [PairState.from_json(s).result() for s in batch["state"]]
     squad.manifest = squad.manifest.model_copy(update={"max_steps": 1})
@@ -227,5 +227,27 @@ def test_stages_step_like_run_squad_and_skip_rows_without_work(tiny_bundle: Path
     for g, r in zip(got, ref):
         assert (g.answer, [s.criterion for s in g.steps]) == (r.answer, [s.criterion for s in r.steps])
         assert g.scores == pytest.approx(r.scores, abs=1e-4)
-    idle = AlignStage(str(tiny_bundle), policy)
+    idle = RoundStage(str(tiny_bundle), policy)
     assert idle(batch)["state"].tolist() == batch["state"].tolist() and idle._model is None  # all done: no model load
+    eager = RoundStage(str(tiny_bundle), policy, preload=True)  # loads in the background before any batch
+    eager.preloading.join(120)
+    inspector, aligner = eager._model
+    assert set(inspector.heads) == set(TH) and set(aligner.policies) == set(TH)
+
+
+@pytest.mark.parametrize("layout,cpus,gpus,overrides,want", [
+    ("auto", 2, 0, [], "fused"),          # 1 + 3 rounds x 2 threads = 7 threads > 2 cores
+    ("auto", 7, 0, [], "staged"),
+    ("auto", 4, 1, ["aligner.num_gpus=0.25"], "staged"),  # aligners on GPU: 1 inspector thread, 3 x 0.25 GPU
+    ("auto", 4, 0.5, ["aligner.num_gpus=0.25"], "fused"),
+    ("staged", 2, 0, [], "staged"),
+    ("fused", 64, 8, [], "fused"),
+])
+def test_auto_layout_stages_only_when_every_stage_can_run_at_once(layout, cpus, gpus, overrides, want):
+    from squad.algorithm import SquadPolicy
+    from squad.batch_data import load_batch_config, resolve_layout
+
+    cfg = load_batch_config(None, [f"layout={layout}", *overrides])
+    policy = SquadPolicy(thresholds=dict.fromkeys(TH, 0.5), max_steps=3)
+    assert resolve_layout(cfg, policy, False, {"CPU": cpus, "GPU": gpus}) == want
+    assert resolve_layout(cfg.model_copy(update={"layout": "auto"}), policy, True, {"CPU": 2}) == "staged"  # vLLM

@@ -63,3 +63,28 @@ def test_decode_supports_plain_kv_caches(engine):
     from squad import decode
 
     assert decode.supports(engine._model_for(None))
+
+
+def test_refill_adds_prompts_to_the_running_batch_with_the_same_tokens(engine):
+    """Rows finished so far reach ``refill`` in groups; the prompts it returns decode in the same
+    run, numbered after the first ones, exactly as they would alone."""
+    from squad import decode
+
+    ids = [engine.tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    pad, n = engine.tokenizer.pad_token_id, 9
+    model = engine._model_for(None)
+    with torch.inference_mode():
+        alone = decode.greedy(model, ids, n, [], pad, slots=3)
+        heard: list[list[int]] = []
+
+        def refill(finished):
+            heard.append([i for i, _ in finished])
+            assert all(toks == alone[i] for i, toks in finished)  # each finished row, complete
+            return [(ids[i + 4], None) for i, _ in finished if i < 3]  # the first 3 rows bring 3 more
+
+        got = decode.greedy(model, ids[:4], n, [], pad, slots=3, refill=refill)
+    assert got == alone
+    assert sorted(i for h in heard for i in h) == list(range(len(PROMPTS)))
+    with pytest.raises(ValueError, match="adapter"):
+        with torch.inference_mode():
+            decode.greedy(model, ids[:2], 2, [], pad, slots=2, refill=lambda fin: [(ids[0], "ethics")])

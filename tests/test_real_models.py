@@ -57,9 +57,18 @@ def test_shipped_aligners_decode_the_same_continuously_mixed_and_with_generate(d
         eng.continuous = True
         alone = {c: aligner.correct(c, pairs) for c, pairs in groups.items()}
         mixed = aligner.correct_many(groups)
+        jobs = [(k, c, q, a) for k, (c, (q, a)) in enumerate((c, p) for c, ps in groups.items() for p in ps)]
+        later, streamed = jobs[1::2], {}
+
+        def done(finished):  # half the jobs join the running batch as the first ones finish
+            streamed.update(finished)
+            return [later.pop() for _ in finished if later]
+
+        aligner.correct_stream(jobs[0::2], done)
     finally:
         eng.batch_size, aligner.max_new_tokens = saved
     assert alone == ref and mixed == ref
+    assert [streamed[k] for k, *_ in jobs] == [t for c in groups for t in ref[c]]
 
 
 def test_default_bundle_is_small_and_self_contained():
