@@ -251,3 +251,41 @@ def test_auto_layout_stages_only_when_every_stage_can_run_at_once(layout, cpus, 
     policy = SquadPolicy(thresholds=dict.fromkeys(TH, 0.5), max_steps=3)
     assert resolve_layout(cfg, policy, False, {"CPU": cpus, "GPU": gpus}) == want
     assert resolve_layout(cfg.model_copy(update={"layout": "auto"}), policy, True, {"CPU": 2}) == "staged"  # vLLM
+
+
+def test_vllm_round_wiring_against_the_installed_ray_data_llm(tiny_bundle: Path):
+    """vLLM cannot run here (no GPU, not installed), so this checks everything up to the engine: the
+    round builds against this Ray's ``ray.data.llm`` config and stages, rows name the criterion's
+    adapter folder (a LoRA request) or the base (none), and the engine's text lands in the states."""
+    import numpy as np
+    import ray
+
+    from squad.algorithm import PairState
+    from squad.batch_data import load_batch_config
+    from squad.batch_stages import VllmApply, VllmPrompts, vllm_round
+    from squad.bundle import read_manifest
+    from squad.models import resolve
+    from squad.sdk import squad_policy
+
+    manifest = read_manifest(tiny_bundle)
+    policy = squad_policy(manifest, thresholds=TH, max_steps=1)
+    cfg = load_batch_config(None, ["aligner.num_gpus=1", "aligner.engine=vllm"])
+    ds = vllm_round(ray.data.from_items([{"idx": 0, "state": "{}"}]), str(tiny_bundle), tiny_bundle, manifest,
+                    policy, cfg.aligner)
+    assert "vLLMEngineStageUDF" in str(ds) and "VllmApply" in str(ds)  # built, not run
+
+    base = str(resolve(manifest.aligner.base))
+    work = PairState("Q?", "A.", "A.", 0.0, scores={"ethics": 0.1}, next="ethics")
+    idle = PairState("Q?", "A.", "A.", 0.0, done=True)
+    prompts = VllmPrompts(str(tiny_bundle), base, manifest.aligner.max_new_tokens)
+    row = prompts({"idx": 0, "state": work.to_json()})
+    assert Path(row["model"]) == tiny_bundle / manifest.criteria["ethics"].aligner
+    assert (Path(row["model"]) / "adapter_config.json").is_file() and row["max_tokens"] == manifest.aligner.max_new_tokens
+    assert "Q?" in row["prompt"] and "A." in row["prompt"]
+    assert prompts({"idx": 1, "state": idle.to_json()})["model"] == base  # no LoRA request, one token
+
+    out = VllmApply(policy)({"idx": np.arange(2), "state": np.array([work.to_json(), idle.to_json()], dtype=object),
+                             "generated": np.array(["  Fixed answer. ", ""], dtype=object)})
+    fixed, untouched = (PairState.from_json(s) for s in out["state"])
+    assert fixed.answer == "Fixed answer." and fixed.applied == ["ethics"] and fixed.needs_scores
+    assert untouched.to_json() == idle.to_json()
