@@ -85,6 +85,6 @@ class SquadAppArgs(_Strict):
                             "criterion when the bundle's inspectors are fine-tuned (no encoder shared), else shared. "
                             "Per criterion, each deployment reserves an equal part of inspector.num_cpus.")
     inspector_batch_size: int = Field(32, ge=1)
-    aligner_batch_size: int = Field(16, ge=1, description="Pairs from concurrent requests decoded together (one continuous batch, all criteria).")
-    aligner_batch_wait_s: float = Field(0.02, ge=0)
+    aligner_batch_size: int = Field(16, ge=1, description="Decode slots: pairs from concurrent requests decoded together (one continuous batch, all criteria; pairs join and leave it at any step).")
+    aligner_batch_wait_s: float = Field(0.02, ge=0, description="How long an idle aligner waits for more pairs before it starts decoding.")
     inspector_batch_wait_s: float = Field(0.005, ge=0)

@@ -3,13 +3,17 @@
 - ``InspectorServer``: the bundle's inspectors (all criteria on a shared encoder, or one criterion's
   fine-tuned encoder); concurrent requests are batched with ``@serve.batch`` into encoder batches.
 - ``AlignerServer``: one base model with every criterion's LoRA adapter (multiplexed by criterion),
-  or with one criterion's adapter; pairs from concurrent requests are batched with ``@serve.batch``
-  and generated together, one generate call per criterion in the batch.
+  or with one criterion's adapter; pairs from concurrent requests share one continuous batch that
+  a decode thread keeps running (pairs join and leave it at any step).
 - ``UpstreamServer``: the in-app upstream LLM (the embedded SmolLM2) for /v1/chat/completions.
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
+import queue
+import threading
+import time
 from pathlib import Path
 
 from ray import serve
@@ -43,6 +47,11 @@ class InspectorServer:
 
 
 class AlignerServer:
+    """Every request's pairs join one continuous batch: a decode thread runs the aligner
+    (``Aligner.correct_stream``); a pair that arrives while others decode is prefilled into the
+    running batch as soon as a quarter of its ``batch_size`` slots are free, and its answer returns
+    the moment it is done, not when the slowest pair of some batch is."""
+
     def __init__(self, bundle: str, criteria: list[str] | None = None, batch_size: int = 16,
                  batch_wait_s: float = 0.02):
         from squad.bundle import read_manifest, resolve_bundle
@@ -52,32 +61,62 @@ class AlignerServer:
         manifest = read_manifest(path)
         self.criteria = list(criteria or manifest.criteria)
         self.aligner = load_aligner(path, manifest, criteria=self.criteria)
-        self.aligner.engine.batch_size = max(self.aligner.engine.batch_size, batch_size)  # one continuous batch
-        self._correct_batch.set_max_batch_size(batch_size)
-        self._correct_batch.set_batch_wait_timeout_s(batch_wait_s)
-
-    # One batch at a time (serve.batch's default); every criterion's items decode as one mixed batch.
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.02)
-    async def _correct_batch(self, items: list[tuple[str, str, str]]) -> list[str]:
-        by_criterion: dict[str, list[int]] = {}
-        for i, (criterion, _, _) in enumerate(items):
-            by_criterion.setdefault(criterion, []).append(i)
-        groups = {c: [items[i][1:] for i in idx] for c, idx in by_criterion.items()}
-        texts = await asyncio.to_thread(self.aligner.correct_many, groups)
-        out = [""] * len(items)
-        for criterion, idx in by_criterion.items():
-            for i, t in zip(idx, texts[criterion]):
-                out[i] = t
-        return out
+        self.aligner.engine.batch_size = batch_size  # decode slots
+        self.batch_wait_s = batch_wait_s  # an idle aligner waits this long for company before it starts
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._keys = itertools.count()
+        threading.Thread(target=self._decode_forever, name="aligner-decode", daemon=True).start()
 
     async def correct(self, criterion: str, pairs: list[tuple[str, str]]) -> list[str]:
-        """Corrections under ``criterion``; pairs from concurrent requests share generate calls."""
+        """Corrections under ``criterion``; pairs from concurrent requests decode together."""
         if criterion not in self.criteria:  # checked here so one bad call cannot fail a shared batch
             raise KeyError(f"this aligner serves {self.criteria}, not {criterion!r}")
-        return list(await asyncio.gather(*(self._correct_batch((criterion, q, a)) for q, a in pairs)))
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in pairs]
+        for (q, a), fut in zip(pairs, futures):
+            self._queue.put((next(self._keys), criterion, q, a, loop, fut))
+        return list(await asyncio.gather(*futures))
+
+    def _decode_forever(self) -> None:
+        while True:
+            first = self._queue.get()  # idle until a request comes
+            time.sleep(self.batch_wait_s)
+            pending: dict[int, tuple] = {}
+
+            def take(*items) -> list[tuple[int, str, str, str]]:
+                items = list(items)
+                while True:
+                    try:
+                        items.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                pending.update({k: (loop, fut) for k, _, _, _, loop, fut in items})
+                return [(k, c, q, a) for k, c, q, a, _, _ in items]
+
+            def done(finished: list[tuple[int, str]]) -> list[tuple[int, str, str, str]]:
+                for k, text in finished:
+                    _settle(*pending.pop(k), text)
+                return take()
+
+            try:
+                self.aligner.correct_stream(take(first), done)
+                error: Exception = RuntimeError("the aligner returned no answer")
+            except Exception as e:  # every pair in flight gets the error; the thread serves on
+                error = e
+            for loop, fut in pending.values():
+                _settle(loop, fut, error=error)
 
     def ping(self) -> str:
         return "ok"
+
+
+def _settle(loop, fut, text: str | None = None, error: Exception | None = None) -> None:
+    """Complete a request's future from the decode thread (ignored if the caller went away)."""
+    def put():
+        if not fut.done():
+            fut.set_exception(error) if error is not None else fut.set_result(text)
+
+    loop.call_soon_threadsafe(put)
 
 
 class UpstreamServer:

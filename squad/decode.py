@@ -90,9 +90,10 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[
     ``ban(tokens_so_far)`` lists token ids a row may not emit next (e.g. repeated n-grams).
     ``adapters`` names each prompt's LoRA adapter (peft mixed batches): rows of different
     criteria then share every decode step.
-    ``refill([(index, tokens), ...])`` hears of finished rows (batched: when slots are free to take
-    new work, or nothing is left) and returns further prompts, as ``(ids, adapter)``, to decode in
-    the same run; they are numbered on from ``len(prompts)`` in the result.
+    ``refill([(index, tokens), ...])`` hears of finished rows and returns further prompts, as
+    ``(ids, adapter)``, to decode in the same run, numbered on from ``len(prompts)`` in the result.
+    It is called before each step while a quarter of the slots are free (with an empty list when
+    nothing finished: a server polls its queue there), and when nothing is left.
     """
     prompts = list(prompts)
     adapters = list(adapters) if adapters is not None else None
@@ -112,7 +113,7 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[
     while waiting or rows is not None or finished:
         free = slots - (len(rows.idx) if rows else 0)
         room = rows is None or free >= max(1, slots // 4)
-        if finished and room:
+        if refill is not None and room and (finished or rows is not None):
             for ids, adapter in refill([(i, out[i]) for i in finished]):
                 if (adapter is None) != (adapters is None):
                     raise ValueError("refill must name an adapter exactly when the prompts have adapters")
@@ -122,7 +123,6 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[
                 if adapters is not None:
                     adapters.append(adapter)
             finished = []
-            continue
         if waiting and room:
             new, logits = _prefill(model, [waiting.popleft() for _ in range(min(free, len(waiting)))],
                                    prompts, pad_id, device, arg, forward)
@@ -133,6 +133,8 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[
                     rows = new
                 else:
                     rows.merge(new)
+            continue
+        if rows is None:  # refill had nothing more
             continue
         rows.mask = torch.cat([rows.mask, rows.mask.new_ones(len(rows.idx), 1)], dim=1)
         logits = forward(rows.idx, input_ids=rows.last[:, None], attention_mask=rows.mask,

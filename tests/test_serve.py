@@ -246,3 +246,38 @@ def test_aligner_fault_fails_open_and_closed(server):
         assert out["answer"] in refusals and out["changed"]
     finally:
         serve.run(build_app(_args(bundle)), name="squad", route_prefix="/")
+
+
+def test_aligner_server_continuous_batch_matches_the_sdk_and_survives_a_failure(tiny_bundle):
+    """The Aligner deployment's class in-process: pairs sent at different times, under several
+    criteria, come back as ``Aligner.correct`` gives them; an engine failure reaches the pairs in
+    flight, and the decode thread serves the next request."""
+    import asyncio
+
+    from squad import Squad
+    from squad.serve.deployments import AlignerServer
+
+    srv = AlignerServer(str(tiny_bundle), batch_size=4, batch_wait_s=0.0)
+    pairs = [(f"Question {i}?", f"Answer number {i}.") for i in range(6)]
+    crits = ["ethics", "ethics", "honesty", "helpfulness", "honesty", "ethics"]
+
+    async def send():
+        first = asyncio.create_task(srv.correct("ethics", pairs[:2]))
+        await asyncio.sleep(0.01)
+        later = await asyncio.gather(*(srv.correct(c, [p]) for c, p in zip(crits[2:], pairs[2:])))
+        return await first + [t for out in later for t in out]
+
+    got = asyncio.run(send())
+    aligner = Squad.load(tiny_bundle).aligner
+    assert got == [aligner.correct(c, [p])[0] for c, p in zip(crits, pairs)]
+
+    def broken(jobs, done):
+        raise RuntimeError("engine down")
+
+    stream, srv.aligner.correct_stream = srv.aligner.correct_stream, broken
+    with pytest.raises(RuntimeError, match="engine down"):
+        asyncio.run(srv.correct("ethics", pairs[:2]))
+    srv.aligner.correct_stream = stream
+    assert asyncio.run(srv.correct("honesty", pairs[2:3])) == got[2:3]
+    with pytest.raises(KeyError, match="toxicity"):
+        asyncio.run(srv.correct("toxicity", pairs[:1]))
