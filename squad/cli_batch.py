@@ -12,8 +12,10 @@ def register(sub) -> argparse.ArgumentParser:
         "batch", help="correct a JSON Lines or Parquet dataset as a Ray Data pipeline",
         description="Correct every {question, answer} row of --input (a JSON Lines or Parquet file or folder, "
                     "or any URL Ray Data can read) with the squad algorithm run as one streaming Ray Data "
-                    "pipeline: an inspector stage, then per round an aligner stage (rows grouped by criterion) "
-                    "and an inspector stage that re-scores, each stage a map_batches actor pool. "
+                    "pipeline. layout=staged: an inspector stage, then per round a stage that runs the aligners "
+                    "(rows grouped by criterion) and re-scores, each stage a map_batches actor pool; "
+                    "layout=fused: one pool whose actors take rows through every step; layout=auto (default): "
+                    "staged when the cluster can run every stage at once, fused on a few cores. "
                     "Writes every row with its trace to OUTPUT/part-*.{jsonl,parquet}, bad rows with the reason "
                     "to OUTPUT/errors/errors.jsonl, and prints rows in = rows out + errors. Runs on a local Ray, "
                     "or the cluster in RAY_ADDRESS; resources per stage come from configs/batch.yaml. "
@@ -52,5 +54,5 @@ def cmd_batch(args) -> int:
               f"{'ok' if s['balanced'] else 'MISMATCH'}\n"
               f"rows -> {s['output']}/part-*.{args.format} ({s['parts']} files), errors -> {s['errors_file']}\n"
               f"{s['rows_out']} rows in {s['seconds']:.1f} s ({s['rows_per_s'] or 0:.2f} rows/s), "
-              f"{s['stages']} pipeline stages", file=sys.stdout)
+              f"layout {s['layout']}: {s['stages']} pipeline stage{'s' if s['stages'] > 1 else ''}", file=sys.stdout)
     return 0 if s["errors"] == 0 else 3
