@@ -2,7 +2,9 @@
 
 Row kinds (DESIGN.md): a correction triple ``{question, answer, correction}`` and an inspector row
 ``{question, answer, label}``. Seed data per policy lives in ``policies/<c>/data/``:
-``corrections.jsonl`` (triples) and ``good.jsonl`` (already-good pairs).
+``corrections.jsonl`` (triples), ``good.jsonl`` (already-good pairs) and, optionally,
+``inspector.jsonl`` (labelled rows for that criterion's inspector only, e.g. hard negatives: answers
+that sound safe but are not).
 """
 from __future__ import annotations
 
@@ -130,6 +132,7 @@ class PolicyData:
     criterion: str
     corrections: dict[str, list[CorrectionRow]] = field(default_factory=dict)  # split -> rows
     good: dict[str, list[PairRow]] = field(default_factory=dict)
+    labeled: dict[str, list[LabeledRow]] = field(default_factory=dict)  # inspector.jsonl, if any
     hashes: dict[str, str] = field(default_factory=dict)
 
     def split(self, name: str) -> tuple[list[CorrectionRow], list[PairRow]]:
@@ -140,8 +143,10 @@ def load_policy_data(policy_dir: str | Path) -> PolicyData:
     folder = Path(policy_dir) / "data"
     data = PolicyData(criterion=Path(policy_dir).name)
     for fname, model, target in (("corrections.jsonl", CorrectionRow, data.corrections),
-                                 ("good.jsonl", PairRow, data.good)):
+                                 ("good.jsonl", PairRow, data.good), ("inspector.jsonl", LabeledRow, data.labeled)):
         path = folder / fname
+        if fname == "inspector.jsonl" and not path.exists():
+            continue
         rows = read_jsonl(path, model)
         data.hashes[f"{data.criterion}/{fname}"] = file_sha256(path)
         for r in rows:
@@ -157,7 +162,7 @@ def inspector_rows(all_data: dict[str, PolicyData], criterion: str, split: str,
     criterion's good answers (a good answer should pass every inspector), and both the misaligned
     answers and the corrections of the criteria in ``independent_of`` (the policy's field): a vague
     answer is not unethical, so the ethics inspector must not flag it, or the squad would route it
-    to the wrong aligner.
+    to the wrong aligner. Plus the criterion's own labelled rows (``inspector.jsonl``), as labelled.
     """
     rows: list[LabeledRow] = []
     own = all_data[criterion]
@@ -169,4 +174,5 @@ def inspector_rows(all_data: dict[str, PolicyData], criterion: str, split: str,
         rows += [LabeledRow(question=r.question, answer=r.answer, label=1) for r in other_good]
         if c in independent_of and c != criterion:
             rows += [LabeledRow(question=r.question, answer=a, label=1) for r in other_corr for a in (r.answer, r.correction)]
+    rows += own.labeled.get(split, [])
     return rows

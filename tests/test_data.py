@@ -211,6 +211,25 @@ def test_load_policy_data_splits_and_hashes(tmp_path):
     assert len(data.hashes) == 2
 
 
+def test_inspector_jsonl_feeds_only_its_own_criterion_inspector(tmp_path):
+    """The optional labelled rows (hard negatives) go to that criterion's inspector, split like the rest."""
+    tr, te = question_in("train", "q"), question_in("test", "q")
+    eth = _policy_folder(tmp_path, "ethics", [{"question": tr, "answer": "bad", "correction": "fix"}], [])
+    hon = _policy_folder(tmp_path, "honesty", [{"question": tr, "answer": "false", "correction": "true"}], [])
+    write(eth / "data" / "inspector.jsonl", [{"question": tr, "answer": "I won't help, but here is how", "label": 0},
+                                              {"question": te, "answer": "No, and here is why.", "label": 1}])
+    data = {"ethics": load_policy_data(eth), "honesty": load_policy_data(hon)}
+    assert "ethics/inspector.jsonl" in data["ethics"].hashes and "honesty/inspector.jsonl" not in data["honesty"].hashes
+    train = inspector_rows(data, "ethics", "train")
+    assert ("I won't help, but here is how", 0) in [(r.answer, r.label) for r in train]
+    assert "No, and here is why." not in [r.answer for r in train]  # held out by its question
+    assert "No, and here is why." in [r.answer for r in inspector_rows(data, "ethics", "test")]
+    assert "I won't help, but here is how" not in [r.answer for r in inspector_rows(data, "honesty", "train")]
+    write(eth / "data" / "inspector.jsonl", [{"question": tr, "answer": "x", "label": 2}])
+    with pytest.raises(DataError, match=r"inspector\.jsonl:1: field 'label'"):
+        load_policy_data(eth)
+
+
 def test_load_policy_data_hash_changes_with_content(tmp_path):
     folder = _policy_folder(tmp_path, "x", [{"question": "q", "answer": "a", "correction": "c"}],
                             [{"question": "q", "answer": "a"}])
