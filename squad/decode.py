@@ -91,9 +91,10 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[
     ``adapters`` names each prompt's LoRA adapter (peft mixed batches): rows of different
     criteria then share every decode step.
     ``refill([(index, tokens), ...])`` hears of finished rows and returns further prompts, as
-    ``(ids, adapter)``, to decode in the same run, numbered on from ``len(prompts)`` in the result.
-    It is called before each step while a quarter of the slots are free (with an empty list when
-    nothing finished: a server polls its queue there), and when nothing is left.
+    ``(ids, adapter)``, to decode in the same run, numbered on from ``len(prompts)``. It is called
+    before each step while a quarter of the slots are free (with an empty list when nothing
+    finished: a server polls its queue there), and when nothing is left. With ``refill`` every row's
+    tokens go to it, and the returned lists are empty (a stream can run for as long as work comes).
     """
     prompts = list(prompts)
     adapters = list(adapters) if adapters is not None else None
@@ -114,7 +115,10 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: list[
         free = slots - (len(rows.idx) if rows else 0)
         room = rows is None or free >= max(1, slots // 4)
         if refill is not None and room and (finished or rows is not None):
-            for ids, adapter in refill([(i, out[i]) for i in finished]):
+            report = [(i, out[i]) for i in finished]
+            for i in finished:  # reported: a long-running stream keeps no finished rows
+                prompts[i], out[i] = [], []
+            for ids, adapter in refill(report):
                 if (adapter is None) != (adapters is None):
                     raise ValueError("refill must name an adapter exactly when the prompts have adapters")
                 prompts.append(list(ids))

@@ -6,6 +6,7 @@ of the assistant turn.
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Protocol
 
@@ -109,17 +110,18 @@ class HFEngine:
                 jobs = done(list(zip([k for k, _, _ in jobs],
                                      self.generate_mixed([p for _, p, _ in jobs], [a for _, _, a in jobs], max_new_tokens))))
             return
-        keys: list[int] = []
+        keys: dict[int, int] = {}  # decode row -> job key, while the job runs
+        rows = itertools.count()
 
         def encode(new):
             for key, _, adapter in new:
                 self._model_for(adapter)  # unknown adapters fail before any work
-                keys.append(key)
+                keys[next(rows)] = key
             return [(self._ids(p), a) for _, p, a in new]
 
         def refill(finished):
             texts = self.tokenizer.batch_decode([t for _, t in finished], skip_special_tokens=True)
-            return encode(done([(keys[i], t.strip()) for (i, _), t in zip(finished, texts)]))
+            return encode(done([(keys.pop(i), t.strip()) for (i, _), t in zip(finished, texts)]))
 
         first = encode(jobs)
         if first:
