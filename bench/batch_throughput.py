@@ -52,9 +52,10 @@ def main() -> None:
           f"aligner {cfg.aligner.model_dump()}\n")
 
     ensure_ray()
-    cpus = ray.cluster_resources().get("CPU", 0)
+    resources = ray.cluster_resources()
+    cpus = resources.get("CPU", 0)
     auto = resolve_layout(cfg.model_copy(update={"layout": "auto"}),
-                          squad_policy(read_manifest(resolve_bundle(args.bundle))), False, ray.cluster_resources())
+                          squad_policy(read_manifest(resolve_bundle(args.bundle))), False, resources)
     runs = {}
     for layout in args.layouts.split(","):
         ensure_ray()
