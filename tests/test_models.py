@@ -148,3 +148,30 @@ def test_runtime_choice_is_validated():
         pick_runtime("onnx", "cuda")
     with pytest.raises(ValueError, match="runtime must be one of"):
         pick_runtime("tensorrt", "cpu")
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    """aligner.gradient_checkpointing trades compute for memory only: same loss, same LoRA gradients."""
+    from squad.train.aligner_loop import build_model, completion_loss
+    from squad.train.config import AlignerTrain
+
+    base = str(models.resolve("tiny-causal-lm"))
+    ids = torch.randint(5, 100, (2, 24))
+    labels = torch.full_like(ids, -100)
+    labels[:, 12:] = ids[:, 12:]
+    mask = torch.ones_like(ids)
+    out = []
+    for gc in (False, True):
+        torch.manual_seed(0)
+        spec = AlignerTrain(lora_dropout=0.0, gradient_checkpointing=gc).model_dump()
+        model = build_model(base, spec)
+        model.train()
+        loss = completion_loss(model, ids, mask, labels)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        assert any(float(g.abs().sum()) > 0 for g in grads.values()), "the LoRA weights get gradients"
+        out.append((float(loss), grads))
+    assert out[0][0] == pytest.approx(out[1][0], rel=1e-6)
+    assert out[0][1].keys() == out[1][1].keys()
+    for n in out[0][1]:
+        torch.testing.assert_close(out[0][1][n], out[1][1][n], rtol=1e-4, atol=1e-6)

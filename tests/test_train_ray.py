@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from squad import Correction, Squad
 from squad.bundle import read_manifest
@@ -65,11 +66,17 @@ def test_resume_continues_from_checkpoint(tiny_bundle: Path, tmp_path: Path):
     assert before["epoch"] == 2  # 1 warm-up + 1 correction epoch
     cfg = load_config(ROOT / "configs" / "train_tiny.yaml", TrainConfig,
                       [f"policies={ROOT / 'policies'}", f"output={tmp_path / 'b2'}", f"storage={storage}",
-                       "aligner.epochs=2", "evaluate=false"])
+                       "aligner.epochs=2", "aligner.save_dtype=float16", "evaluate=false"])
     out = train_squad(cfg, root=ROOT, log=lambda *_: None)
     after = json.loads((_latest_checkpoint(storage / "tiny-aligner-ethics") / "state.json").read_text())
     assert after["epoch"] == 3 and after["step"] > before["step"], "resumed and ran only the missing epoch"
-    assert Squad.load(out).inspect("q", "a")
+    # save_dtype shrinks the bundle's adapters only: the checkpoints stay float32 and resumable.
+    from safetensors.torch import load_file
+    saved = load_file(str(out / "aligner" / "ethics" / "adapter_model.safetensors"))
+    ckpt = load_file(str(_latest_checkpoint(storage / "tiny-aligner-ethics") / "adapter_model.safetensors"))
+    assert {v.dtype for v in saved.values()} == {torch.float16} and {v.dtype for v in ckpt.values()} == {torch.float32}
+    loaded = Squad.load(out)
+    assert loaded.inspect("q", "a") and loaded.correct("q", "a", thresholds={c: 1.0 for c in loaded.criteria}).steps
 
 
 def test_finetuned_inspectors_make_a_bundle_that_loads(tiny_bundle: Path, tmp_path: Path):

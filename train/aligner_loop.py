@@ -62,6 +62,9 @@ def build_model(base_dir: str, spec: dict):
         model = get_peft_model(model, LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"],
                                                  lora_dropout=spec["lora_dropout"], target_modules=targets,
                                                  layers_to_transform=layers, task_type="CAUSAL_LM"))
+    if spec.get("gradient_checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     return model
 
 

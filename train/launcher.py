@@ -32,7 +32,7 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 # Settings a resumed run may change: more epochs continue the run, other resources run it elsewhere.
-_RESUMABLE = ("epochs", "finetune_epochs", "scaling")
+_RESUMABLE = ("epochs", "finetune_epochs", "scaling", "save_dtype", "gradient_checkpointing")
 
 
 def job_fingerprint(loop: str, loop_config: dict) -> str:
@@ -199,6 +199,8 @@ def assemble_bundle(cfg: TrainConfig, root: Path, policies, ckpts: dict[str, Pat
         for f in src.iterdir():
             if f.suffix in (".json", ".safetensors") and f.name not in ("state.json", "optimizer.safetensors"):
                 shutil.copy2(f, dst / f.name)
+        if cfg.aligner.mode == "lora" and cfg.aligner.save_dtype != "float32":
+            _cast_safetensors(dst / "adapter_model.safetensors", cfg.aligner.save_dtype)
         entries[c] = CriterionEntry(policy=pol, aligner=f"aligner/{c}")
     if cfg.inspector.kind == "shared":
         shutil.copy2(ckpts["inspector-shared"] / "heads.safetensors", tmp / "inspector" / "heads.safetensors")
@@ -224,6 +226,15 @@ def assemble_bundle(cfg: TrainConfig, root: Path, policies, ckpts: dict[str, Pat
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def _cast_safetensors(path: Path, dtype: str) -> None:
+    """Rewrite a safetensors file with its floating-point tensors in ``dtype``."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    to = getattr(torch, dtype)
+    save_file({k: v.to(to) if v.is_floating_point() else v for k, v in load_file(str(path)).items()}, str(path))
 
 
 def _dim(cfg: TrainConfig) -> int:
