@@ -64,7 +64,6 @@ def build_model(base_dir: str, spec: dict):
                                                  layers_to_transform=layers, task_type="CAUSAL_LM"))
     if spec.get("gradient_checkpointing"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
     return model
 
 

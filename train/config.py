@@ -36,11 +36,11 @@ class AlignerTrain(_Strict):
     max_length: int = Field(384, ge=32, description="Prompt plus correction tokens; longer rows are truncated from the prompt side.")
     max_new_tokens: int = Field(160, ge=1, description="Generation budget stored in the bundle.")
     gradient_checkpointing: bool = Field(
-        False, description="Recompute each layer's activations in the backward pass instead of keeping them: about "
-                           "a third more compute, a fraction of the memory (the same weights come out).")
+        False, description="Recompute each layer's activations in the backward pass instead of keeping them: one "
+                           "more forward pass per step, a fraction of the memory, the same gradients.")
     save_dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="dtype of the adapter weights written to the bundle (training and checkpoints stay float32); "
-                               "float16 halves the size and gave identical greedy outputs on the held-out split.")
+                               "float16 halves the size (identical greedy outputs on the 31 held-out honesty items compared).")
     deepspeed: str | None = Field(None, description="DeepSpeed ZeRO JSON config (GPU only), e.g. configs/deepspeed_zero2.json.")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
 

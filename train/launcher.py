@@ -31,7 +31,8 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
     return best
 
 
-# Settings a resumed run may change: more epochs continue the run, other resources run it elsewhere.
+# Settings a resumed run may change: more epochs continue the run, other resources run it elsewhere,
+# and neither gradient checkpointing nor the bundle's adapter dtype changes what the checkpoints hold.
 _RESUMABLE = ("epochs", "finetune_epochs", "scaling", "save_dtype", "gradient_checkpointing")
 
 
