@@ -41,8 +41,11 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return nn.functional.normalize(pooled, dim=-1)
 
 
-def encode_batch(tokenizer, pairs: list[tuple[str, str]], max_length: int, device: str = "cpu"):
+def encode_batch(tokenizer, pairs: list[tuple[str, str]], max_length: int, device: str = "cpu", tensors: bool = True):
+    """The pairs as the encoder reads them; ``tensors=False``: unpadded token id lists (for lengths)."""
     q, a = zip(*pairs) if pairs else ((), ())
+    if not tensors:
+        return tokenizer(list(q), list(a), truncation="longest_first", max_length=max_length)
     return tokenizer(list(q), list(a), truncation="longest_first", max_length=max_length, padding=True,
                      return_tensors="pt").to(device)
 

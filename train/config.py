@@ -57,6 +57,11 @@ class InspectorTrain(_Strict):
     finetune_epochs: int = Field(4, ge=1, description="Encoder fine-tuning epochs (finetuned kind).")
     finetune_lr: float = Field(5e-4, gt=0)
     batch_size: int = Field(32, ge=1)
+    group_by_length: bool = Field(
+        False, description="Finetuned kind: batches of similar-length pairs (shuffled), so less compute goes to padding.")
+    gradient_checkpointing: bool = Field(
+        False, description="Finetuned kind: recompute the encoder's activations in the backward pass: about half "
+                           "the memory for more compute, the same gradients.")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from squad.train.batching import length_grouped
+
 
 def _progress(**kw):
     """Ray's driver-rendered progress bar inside Ray workers, plain tqdm elsewhere."""
@@ -131,14 +133,27 @@ def fit_finetuned(encoder, head, tok, rows: list[dict], spec: dict, seed: int, s
     opt = torch.optim.AdamW(params, lr=spec["finetune_lr"], weight_decay=spec["weight_decay"])
     pos = sum(r["label"] for r in rows)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor((len(rows) - pos) / max(pos, 1), device=device))
+    if spec.get("gradient_checkpointing"):
+        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    bs = spec["batch_size"]
+    lengths = None
+    if spec.get("group_by_length"):
+        from squad.inspector import encode_batch
+
+        lengths = [len(ids) for ids in encode_batch(tok, [(r["question"], r["answer"]) for r in rows],
+                                                    spec["max_length"], tensors=False)["input_ids"]]
     for epoch in range(start, spec["finetune_epochs"]):
-        order = list(range(len(rows)))
-        random.Random(seed + epoch).shuffle(order)
+        if lengths is not None:
+            groups = length_grouped(lengths, bs, seed + epoch)
+        else:
+            order = list(range(len(rows)))
+            random.Random(seed + epoch).shuffle(order)
+            groups = [order[i:i + bs] for i in range(0, len(order), bs)]
         encoder.train(), head.train()
         total = 0.0
-        bar = _progress(desc=f"{desc} epoch {epoch + 1}", total=-(-len(order) // spec["batch_size"]))
-        for i in range(0, len(order), spec["batch_size"]):
-            chunk = [rows[j] for j in order[i:i + spec["batch_size"]]]
+        bar = _progress(desc=f"{desc} epoch {epoch + 1}", total=len(groups))
+        for group in groups:
+            chunk = [rows[j] for j in group]
             x = pair_features(_embedder(encoder), tok, [(r["question"], r["answer"]) for r in chunk],
                               spec["max_length"], spec.get("features", "joint"), device)
             logits = head(x)
