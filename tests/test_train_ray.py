@@ -209,3 +209,46 @@ def test_a_finetuned_inspector_job_depends_only_on_its_own_rows(tmp_path: Path):
     assert after["inspector-helpfulness"] == before["inspector-helpfulness"]
     assert after["inspector-honesty"] != before["inspector-honesty"]
     assert after["inspector-ethics"] != before["inspector-ethics"]
+
+
+def _job(name, rows, cpus=0.5, workers=1):
+    from squad.train.config import ScalingSpec
+
+    conf = {"corrections": [{}] * rows, "good": []} if name.startswith("aligner") else {"rows": {"c": [{}] * rows}}
+    return (name, "loop", conf, ScalingSpec(num_workers=workers, cpus_per_worker=cpus))
+
+
+def test_launch_order_starts_the_longest_jobs_first_and_rejects_what_cannot_fit():
+    from squad.train.launcher import launch_order
+
+    jobs = [_job("aligner-a", 10), _job("inspector-a", 900), _job("aligner-b", 50), _job("inspector-b", 30)]
+    assert [j[0] for j in launch_order(jobs, {"CPU": 2.0})] == ["aligner-b", "aligner-a", "inspector-a", "inspector-b"]
+    with pytest.raises(ValueError, match="inspector-big needs .*lower inspector.scaling"):
+        launch_order(jobs + [_job("inspector-big", 5, cpus=1.5, workers=2)], {"CPU": 2.0})
+    assert len(launch_order(jobs + [_job("inspector-big", 5, cpus=1.5, workers=2)], None)) == 5  # no capacity: no check
+
+
+def test_run_jobs_keeps_within_capacity_on_ray(ray_cluster):
+    """Jobs wait in the launcher until their CPUs are free; with no capacity they all start at once."""
+    import time
+
+    from squad.train.launcher import run_jobs
+
+    @ray_cluster.remote(num_cpus=0)
+    def work(name):
+        t = time.time()
+        time.sleep(0.6)
+        return f"{name}:{t}:{time.time()}"
+
+    jobs = [_job(f"aligner-{i}", 10 - i) for i in range(5)]
+    logs = []
+    out = run_jobs(jobs, {"CPU": 1.0}, lambda name, *_: work.remote(name), logs.append)
+    spans = {n: tuple(float(x) for x in str(p).split(":")[1:]) for n, p in out.items()}
+    assert sorted(spans) == [j[0] for j in jobs]
+    for n, (s, _) in spans.items():  # at most two 0.5-CPU jobs run at any moment
+        assert sum(1 for s2, e2 in spans.values() if s2 <= s < e2) <= 2, n
+    assert spans["aligner-0"][0] < spans["aligner-4"][0]  # most rows first
+    assert "2 fit at once" in logs[0]
+    logs = []
+    run_jobs(jobs, None, lambda name, *_: work.remote(name), logs.append)
+    assert logs[0].endswith("all at once")

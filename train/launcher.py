@@ -94,6 +94,76 @@ def _resources(scaling: dict) -> dict:
     return res
 
 
+def _demand(scaling: ScalingSpec) -> dict[str, float]:
+    """CPUs (and GPUs) a model's whole worker group holds while it trains."""
+    return {k: v * scaling.num_workers for k, v in _resources(scaling.model_dump()).items()}
+
+
+def _fits(need: dict[str, float], free: dict[str, float]) -> bool:
+    return all(v <= free.get(k, 0.0) + 1e-9 for k, v in need.items())
+
+
+def launch_order(jobs: list, capacity: dict[str, float] | None) -> list:
+    """Jobs in the order to start them: aligners first, then inspectors, each with the most rows first,
+    so the longest runs start first when not every model fits at once. With a ``capacity`` (the CPUs and
+    GPUs of a local Ray), a model that could never fit is an error now rather than a timeout later."""
+    for name, _, _, scaling in jobs:
+        need = _demand(scaling)
+        if capacity is not None and not _fits(need, capacity):
+            kind = name.split("-")[0]
+            raise ValueError(f"{name} needs {need} but this Ray cluster has {capacity}: lower "
+                             f"{kind}.scaling.num_workers or {kind}.scaling.cpus_per_worker (or gpus_per_worker)")
+
+    def work(job):
+        name, _, conf, _ = job
+        rows = (len(conf["corrections"]) + len(conf["good"]) if name.startswith("aligner")
+                else sum(len(v) for v in conf["rows"].values()))
+        return (0 if name.startswith("aligner") else 1, -rows)
+
+    return sorted(jobs, key=work)
+
+
+def run_jobs(jobs: list, capacity: dict[str, float] | None, start, log=print, started: float | None = None) -> dict[str, Path]:
+    """Start each job with ``start(name, loop, conf, scaling) -> ObjectRef`` in ``launch_order``, as many
+    at once as ``capacity`` holds (all at once without one), and return each job's checkpoint path."""
+    import ray
+
+    started = started or time.time()
+    queue = launch_order(jobs, capacity)
+    free = dict(capacity) if capacity is not None else None
+    refs: dict = {}
+
+    def launch() -> list:
+        new = []
+        for job in list(queue):
+            if free is not None:
+                need = _demand(job[3])
+                if not _fits(need, free):
+                    continue
+                for k, v in need.items():
+                    free[k] -= v
+            queue.remove(job)
+            ref = start(*job)
+            refs[ref] = job
+            new.append(ref)
+        return new
+
+    pending = launch()
+    log(f"[squad] fitting {len(jobs)} models: {', '.join(j[0] for j in jobs)}"
+        + (f"; {len(pending)} fit at once here ({capacity}), the others start as those finish" if queue else ", all at once"))
+    ckpts: dict[str, Path] = {}
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        name, _, _, scaling = refs[done[0]]
+        ckpts[name] = Path(ray.get(done[0]))
+        log(f"[squad] {name} done after {time.time() - started:.0f}s ({len(ckpts)}/{len(jobs)})")
+        if free is not None:
+            for k, v in _demand(scaling).items():
+                free[k] += v
+            pending += launch()
+    return ckpts
+
+
 def _rows(items, limit):
     return [r.model_dump() for r in items][:limit] if limit else [r.model_dump() for r in items]
 
@@ -154,16 +224,12 @@ def train_squad(cfg: TrainConfig, root: Path | None = None, log=print) -> Path:
             ray.init(address=os.environ["RAY_ADDRESS"])
     try:
         fit = ray.remote(num_cpus=0)(_fit)
-        log(f"[squad] fitting {len(jobs)} models at once: {', '.join(j[0] for j in jobs)}")
-        refs = {fit.remote(name, loop, conf, scaling.model_dump(), storage, cfg.run_name): name
-                for name, loop, conf, scaling in jobs}
-        ckpts: dict[str, Path] = {}
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            name = refs[done[0]]
-            ckpts[name] = Path(ray.get(done[0]))
-            log(f"[squad] {name} done after {time.time() - started:.0f}s ({len(ckpts)}/{len(jobs)})")
+        # On a Ray we started here, models that do not all fit wait in the launcher, longest first, rather
+        # than in Ray Train (whose worker-group start timeout fails a model that waits too long).
+        capacity = ({k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+                    if own_ray and (cfg.local_mode or not os.environ.get("RAY_ADDRESS")) else None)
+        ckpts = run_jobs(jobs, capacity, lambda name, loop, conf, scaling: fit.remote(
+            name, loop, conf, scaling.model_dump(), storage, cfg.run_name), log, started)
     finally:
         if own_ray:
             ray.shutdown()
