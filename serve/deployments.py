@@ -111,12 +111,16 @@ class AlignerServer:
 
 
 def _settle(loop, fut, text: str | None = None, error: Exception | None = None) -> None:
-    """Complete a request's future from the decode thread (ignored if the caller went away)."""
+    """Complete a request's future from the decode thread (ignored if the caller went away,
+    its event loop included: a closed loop must not kill the decode thread)."""
     def put():
         if not fut.done():
             fut.set_exception(error) if error is not None else fut.set_result(text)
 
-    loop.call_soon_threadsafe(put)
+    try:
+        loop.call_soon_threadsafe(put)
+    except RuntimeError:  # the caller's loop is closed; nobody waits for this answer
+        pass
 
 
 class UpstreamServer:

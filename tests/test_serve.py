@@ -279,5 +279,13 @@ def test_aligner_server_continuous_batch_matches_the_sdk_and_survives_a_failure(
         asyncio.run(srv.correct("ethics", pairs[:2]))
     srv.aligner.correct_stream = stream
     assert asyncio.run(srv.correct("honesty", pairs[2:3])) == got[2:3]
+
+    # a caller whose event loop closed before its answer came (as when a gather fails early and
+    # asyncio.run returns) must not stop the decode thread
+    gone = asyncio.new_event_loop()
+    orphan = gone.create_future()
+    gone.close()
+    srv._queue.put((next(srv._keys), "ethics", *pairs[0], gone, orphan))
+    assert asyncio.run(srv.correct("honesty", pairs[2:3])) == got[2:3]
     with pytest.raises(KeyError, match="toxicity"):
         asyncio.run(srv.correct("toxicity", pairs[:1]))
