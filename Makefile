@@ -34,6 +34,7 @@ test-fast: $(STAMP)
 # Benchmarks print figures and ratios measured in one run (this machine is shared and noisy).
 bench: $(STAMP)
 	$(BIN)/python bench/latency_good.py
+	$(BIN)/python bench/inspector_quantize.py
 	$(BIN)/python bench/serve_load.py
 
 # The inspector design comparison (trains design B: about 10-15 minutes here).

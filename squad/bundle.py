@@ -38,6 +38,8 @@ class InspectorSpec(BaseModel):
     hidden: int = 256
     max_length: int = 256
     features: Literal["joint", "pair", "span"] = Field("joint", description="What the heads read; see squad.inspector.")
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="Run the encoders' int8 copies on ONNX Runtime (faster; the eval metrics say which ran).")
 
 
 class CriterionEntry(BaseModel):

@@ -6,8 +6,9 @@ Two designs, one API (``Inspector.score``):
 - ``finetuned``: the IBM paper's choice, an encoder fine-tuned per criterion (here a LoRA adapter
   per criterion on one base) with its own head: one encoder pass per criterion.
 
-A shared encoder runs on ONNX Runtime on CPU by default (``runtime="auto"``; see squad.onnx_encoder):
-the same scores as PyTorch, faster.
+Encoders run on ONNX Runtime on CPU by default (``runtime="auto"``; see squad.onnx_encoder): the same
+scores as PyTorch, faster. ``quantize="int8"`` runs dynamically quantised copies there (PyTorch runs
+the float weights whatever it says).
 
 What a head reads (``features``): ``joint`` is the pooled embedding of question and answer encoded
 together; ``span`` adds the question's and the answer's tokens pooled separately from that same
@@ -65,17 +66,25 @@ def _span_masks(enc) -> tuple[torch.Tensor, torch.Tensor]:
     return q, a
 
 
-def pair_features(encode, tokenizer, pairs: list[tuple[str, str]], max_length: int, features: str,
-                  device: str = "cpu") -> torch.Tensor:
-    """Head input for a batch of pairs. ``encode(encoded) -> last hidden states`` is the encoder pass.
+def pair_inputs(tokenizer, pairs: list[tuple[str, str]], max_length: int, features: str, device: str = "cpu"):
+    """The tokenised inputs of ``features_from``: the joint encoding and, for ``pair``, question and
+    answer alone (tokenised once, whatever number of encoders read them)."""
+    if features not in FEATURES:
+        raise ValueError(f"inspector features must be one of {FEATURES}, got {features!r}")
+    enc = encode_batch(tokenizer, pairs, max_length, device)
+    if features != "pair":
+        return enc, None
+    texts = [q for q, _ in pairs] + [a for _, a in pairs]  # one encoder pass for both sides
+    return enc, tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt").to(device)
+
+
+def features_from(encode, enc, alone, features: str) -> torch.Tensor:
+    """Head input from ``pair_inputs``. ``encode(encoded) -> last hidden states`` is the encoder pass.
 
     ``joint``: the pooled joint encoding. ``span``: plus the question's and the answer's tokens
     pooled separately from that same pass, and their product (one pass). ``pair``: like ``span``
     but question and answer encoded alone in a second pass.
     """
-    if features not in FEATURES:
-        raise ValueError(f"inspector features must be one of {FEATURES}, got {features!r}")
-    enc = encode_batch(tokenizer, pairs, max_length, device)
     hidden = encode(enc)
     joint = mean_pool(hidden, enc["attention_mask"])
     if features == "joint":
@@ -84,18 +93,22 @@ def pair_features(encode, tokenizer, pairs: list[tuple[str, str]], max_length: i
         qm, am = _span_masks(enc)
         q, a = mean_pool(hidden, qm), mean_pool(hidden, am)
     else:
-        texts = [q for q, _ in pairs] + [a for _, a in pairs]  # one encoder pass for both sides
-        alone_enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True,
-                              return_tensors="pt").to(device)
-        alone = mean_pool(encode(alone_enc), alone_enc["attention_mask"])
-        q, a = alone[:len(pairs)], alone[len(pairs):]
+        n = enc["input_ids"].shape[0]
+        both = mean_pool(encode(alone), alone["attention_mask"])
+        q, a = both[:n], both[n:]
     return torch.cat([joint, q, a, q * a], dim=-1)
+
+
+def pair_features(encode, tokenizer, pairs: list[tuple[str, str]], max_length: int, features: str,
+                  device: str = "cpu") -> torch.Tensor:
+    """Head input for a batch of pairs (see ``features_from``)."""
+    return features_from(encode, *pair_inputs(tokenizer, pairs, max_length, features, device), features)
 
 
 class Inspector:
     def __init__(self, encoder_dir: str | Path, heads: dict[str, Head], kind: str = "shared",
                  adapters: dict[str, Path] | None = None, max_length: int = 256, batch_size: int = 32,
-                 device: str = "cpu", features: str = "joint", runtime: str = "auto"):
+                 device: str = "cpu", features: str = "joint", runtime: str = "auto", quantize: str = "none"):
         from squad.models import load_tokenizer
         from squad.onnx_encoder import OnnxEncoder, pick_runtime
 
@@ -105,14 +118,22 @@ class Inspector:
             raise ValueError(f"inspector features must be one of {FEATURES}, got {features!r}")
         self.kind, self.max_length, self.batch_size, self.device = kind, max_length, batch_size, device
         self.features, self.runtime = features, pick_runtime(runtime, device)
+        if quantize != "none" and self.runtime == "torch":
+            import warnings
+
+            warnings.warn(f"inspector quantize={quantize!r} applies to the ONNX runtime only; PyTorch runs float weights")
         self.tokenizer = load_tokenizer(Path(encoder_dir))
         if kind == "finetuned" and set(adapters or {}) != set(heads):
             raise ValueError(f"finetuned inspector needs one adapter per head: {sorted(adapters or {})} vs {sorted(heads)}")
         self.encoders: dict[str, OnnxEncoder] = {}  # fine-tuned on ONNX: one merged encoder per criterion
         if self.runtime == "onnx" and kind == "finetuned":
-            self.encoders = {c: OnnxEncoder(encoder_dir, self.tokenizer, adapter=Path(a)) for c, a in adapters.items()}
+            # The criteria's encoders run side by side, so the cores are split between them: on
+            # short inputs that beats one after another, each on every core (README, benchmarks).
+            threads = max(1, torch.get_num_threads() // len(adapters))
+            self.encoders = {c: OnnxEncoder(encoder_dir, self.tokenizer, threads=threads, adapter=Path(a),
+                                            quantize=quantize) for c, a in adapters.items()}
         elif self.runtime == "onnx":
-            self.encoder = OnnxEncoder(encoder_dir, self.tokenizer)
+            self.encoder = OnnxEncoder(encoder_dir, self.tokenizer, quantize=quantize)
         else:
             self.encoder = self._torch_encoder(encoder_dir, adapters, heads)
         self.heads = nn.ModuleDict(heads).to(device).eval()
@@ -134,18 +155,23 @@ class Inspector:
     def criteria(self) -> list[str]:
         return list(self.heads)
 
-    def _features(self, pairs: list[tuple[str, str]], adapter: str | None = None) -> torch.Tensor:
+    def _encode(self, adapter: str | None = None):
+        """``encoded -> last hidden states`` of the shared encoder, or of ``adapter``'s fine-tuned one."""
         if adapter in self.encoders:  # fine-tuned on ONNX: that criterion's merged encoder
             encoder = self.encoders[adapter]
         else:
             encoder = self.encoder
             if adapter is not None:  # fine-tuned on PyTorch: one PEFT model, switch its adapter
                 encoder.set_adapter(adapter)
+        return lambda enc: encoder(**enc).last_hidden_state
 
-        def encode(enc):
-            return encoder(**enc).last_hidden_state
+    def _pool(self):
+        """Threads that run the criteria's ONNX encoders side by side (made on first use)."""
+        if getattr(self, "_threads", None) is None:
+            from concurrent.futures import ThreadPoolExecutor
 
-        return pair_features(encode, self.tokenizer, pairs, self.max_length, self.features, self.device)
+            self._threads = ThreadPoolExecutor(len(self.encoders), thread_name_prefix="inspector")
+        return self._threads
 
     @torch.inference_mode()
     def score(self, pairs: list[tuple[str, str]], criteria: list[str] | None = None) -> list[dict[str, float]]:
@@ -157,14 +183,18 @@ class Inspector:
         results: list[dict[str, float]] = []
         for i in range(0, len(pairs), self.batch_size):
             chunk = pairs[i:i + self.batch_size]
+            inputs = pair_inputs(self.tokenizer, chunk, self.max_length, self.features, self.device)
             probs: dict[str, torch.Tensor] = {}
             if self.kind == "shared":
-                x = self._features(chunk)
-                for c in crits:
-                    probs[c] = torch.sigmoid(self.heads[c](x))
+                x = features_from(self._encode(), *inputs, self.features)
+                feats = {c: x for c in crits}
+            elif self.encoders and len(crits) > 1:  # ONNX Runtime releases the GIL: one thread per criterion
+                feats = dict(zip(crits, self._pool().map(
+                    lambda c: features_from(self._encode(c), *inputs, self.features), crits)))
             else:
-                for c in crits:
-                    probs[c] = torch.sigmoid(self.heads[c](self._features(chunk, adapter=c)))
+                feats = {c: features_from(self._encode(c), *inputs, self.features) for c in crits}
+            for c in crits:
+                probs[c] = torch.sigmoid(self.heads[c](feats[c]))
             for j in range(len(chunk)):
                 results.append({c: float(probs[c][j]) for c in crits})
         return results

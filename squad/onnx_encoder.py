@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 RUNTIMES = ("auto", "onnx", "torch")
+QUANTIZE = ("none", "int8")
 
 
 def onnx_available() -> bool:
@@ -93,11 +94,32 @@ def export(encoder_dir: Path, tokenizer, adapter: Path | None = None) -> Path:
     return out
 
 
-class OnnxEncoder:
-    """Callable like a Hugging Face encoder: ``encoder(**encoded).last_hidden_state``."""
+def quantized(model: Path) -> Path:
+    """Dynamic int8 quantisation of an exported encoder's weights (about 1 s, cached beside it):
+    activations are quantised per call, so no calibration data is needed."""
+    out = model.with_name(f"{model.stem}.int8.onnx")
+    if out.is_file():
+        return out
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    def __init__(self, encoder_dir: str | Path, tokenizer, threads: int | None = None, adapter: Path | None = None):
+    tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp")
+    quantize_dynamic(str(model), str(tmp), weight_type=QuantType.QInt8)
+    os.replace(tmp, out)
+    return out
+
+
+class OnnxEncoder:
+    """Callable like a Hugging Face encoder: ``encoder(**encoded).last_hidden_state``.
+
+    ``quantize="int8"`` runs the dynamically quantised copy: about half the time per pair here,
+    with scores that move slightly (a bundle records which one its evaluation used)."""
+
+    def __init__(self, encoder_dir: str | Path, tokenizer, threads: int | None = None, adapter: Path | None = None,
+                 quantize: str = "none"):
         import onnxruntime as ort
+
+        if quantize not in QUANTIZE:
+            raise ValueError(f"inspector quantize must be one of {QUANTIZE}, got {quantize!r}")
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or torch.get_num_threads()
@@ -106,8 +128,10 @@ class OnnxEncoder:
         # Idle pool threads sleep instead of spinning: spinning sessions (one per fine-tuned
         # encoder, or beside an aligner on the same cores) measured 2x slower here.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(export(Path(encoder_dir), tokenizer, adapter)), opts,
-                                            providers=["CPUExecutionProvider"])
+        model = export(Path(encoder_dir), tokenizer, adapter)
+        if quantize == "int8":
+            model = quantized(model)
+        self.session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def __call__(self, **enc) -> "_Output":

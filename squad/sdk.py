@@ -22,7 +22,7 @@ def load_inspector(bundle: Path, manifest: Manifest, device: str = "cpu", criter
     adapters = ({c: bundle / e.inspector_adapter for c, e in manifest.criteria.items() if e.inspector_adapter and c in keep}
                 if spec.kind == "finetuned" else None)
     return Inspector(resolve(spec.base), heads, kind=spec.kind, adapters=adapters, max_length=spec.max_length,
-                     device=device, features=spec.features)
+                     device=device, features=spec.features, quantize=spec.quantize)
 
 
 def load_aligner(bundle: Path, manifest: Manifest, device: str = "cpu", criteria: list[str] | None = None) -> Aligner:

@@ -139,6 +139,28 @@ def test_finetuned_inspector_on_onnx_matches_torch(tmp_path, monkeypatch):
     assert any(abs(shared[i][c] - t[i][c]) > 1e-3 for i in range(2) for c in heads)  # the adapters are in play
 
 
+def test_int8_inspector_runs_a_quantised_copy_close_to_float(tmp_path, monkeypatch):
+    """quantize="int8": a second, int8 ONNX file beside the float export; scores near the float ones."""
+    from squad.onnx_encoder import OnnxEncoder
+
+    monkeypatch.setenv("SQUAD_CACHE", str(tmp_path))
+    torch.manual_seed(3)
+    path = models.resolve("tiny-encoder")
+    heads = {"honesty": Head(32, 8).eval()}
+    pairs = [("q1", "a1"), ("a longer question here", "and a longer answer too")]
+    flt = Inspector(path, heads, runtime="onnx").score(pairs)
+    q8 = Inspector(path, heads, runtime="onnx", quantize="int8")
+    files = sorted(p.name for p in (tmp_path / "onnx").glob("*.onnx"))
+    assert len(files) == 2 and sum(f.endswith(".int8.onnx") for f in files) == 1
+    assert q8.encoder.session._model_path.endswith(".int8.onnx")
+    scores = q8.score(pairs)
+    assert all(s["honesty"] == pytest.approx(f["honesty"], abs=0.05) for s, f in zip(scores, flt))
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        OnnxEncoder(path, q8.tokenizer, quantize="int4")
+    with pytest.warns(UserWarning, match="ONNX runtime only"):
+        Inspector(path, heads, runtime="torch", quantize="int8")
+
+
 def test_runtime_choice_is_validated():
     from squad.onnx_encoder import pick_runtime
 

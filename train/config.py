@@ -51,6 +51,9 @@ class InspectorTrain(_Strict):
     hidden: int = Field(256, ge=8, description="Head hidden width.")
     features: Literal["joint", "pair", "span"] = Field("pair", description="Head input: joint pair embedding, or joint + question + answer + their product.")
     max_length: int = Field(256, ge=16)
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="Serve the trained encoders as int8 copies on ONNX Runtime (recorded in the manifest; "
+                            "the bundle's evaluation runs with it).")
     epochs: int = Field(300, ge=1, description="Head epochs (shared: full batch over cached embeddings); finetuned: passes over the data.")
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-2, ge=0)

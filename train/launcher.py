@@ -33,7 +33,7 @@ def _latest_checkpoint(run_dir: Path) -> Path | None:
 
 # Settings a resumed run may change: more epochs continue the run, other resources run it elsewhere,
 # and neither gradient checkpointing nor the bundle's adapter dtype changes what the checkpoints hold.
-_RESUMABLE = ("epochs", "finetune_epochs", "scaling", "save_dtype", "gradient_checkpointing")
+_RESUMABLE = ("epochs", "finetune_epochs", "scaling", "save_dtype", "gradient_checkpointing", "quantize")
 
 
 def job_fingerprint(loop: str, loop_config: dict) -> str:
@@ -286,7 +286,7 @@ def assemble_bundle(cfg: TrainConfig, root: Path, policies, ckpts: dict[str, Pat
         aligner=AlignerSpec(base=cfg.aligner.base, mode=cfg.aligner.mode, max_new_tokens=cfg.aligner.max_new_tokens),
         inspector=InspectorSpec(base=cfg.inspector.base, kind=cfg.inspector.kind, dim=_dim(cfg),
                                 hidden=cfg.inspector.hidden, max_length=cfg.inspector.max_length,
-                                features=cfg.inspector.features),
+                                features=cfg.inspector.features, quantize=cfg.inspector.quantize),
         max_steps=cfg.max_steps, training={**cfg.model_dump(), "seconds": round(seconds, 1)}, data=hashes,
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     write_manifest(tmp, manifest)
