@@ -96,14 +96,16 @@ def export(encoder_dir: Path, tokenizer, adapter: Path | None = None) -> Path:
 
 def quantized(model: Path) -> Path:
     """Dynamic int8 quantisation of an exported encoder's weights (about 1 s, cached beside it):
-    activations are quantised per call, so no calibration data is needed."""
-    out = model.with_name(f"{model.stem}.int8.onnx")
+    activations are quantised per call, so no calibration data is needed. Weights get one scale
+    per output channel: on the default bundle's held-out rows that moved scores a third as much
+    as one scale per tensor (mean change 0.006 against 0.015), for about a quarter more time."""
+    out = model.with_name(f"{model.stem}.int8pc.onnx")
     if out.is_file():
         return out
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp")
-    quantize_dynamic(str(model), str(tmp), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(model), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
     os.replace(tmp, out)
     return out
 

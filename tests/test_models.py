@@ -151,8 +151,8 @@ def test_int8_inspector_runs_a_quantised_copy_close_to_float(tmp_path, monkeypat
     flt = Inspector(path, heads, runtime="onnx").score(pairs)
     q8 = Inspector(path, heads, runtime="onnx", quantize="int8")
     files = sorted(p.name for p in (tmp_path / "onnx").glob("*.onnx"))
-    assert len(files) == 2 and sum(f.endswith(".int8.onnx") for f in files) == 1
-    assert q8.encoder.session._model_path.endswith(".int8.onnx")
+    assert len(files) == 2 and sum(f.endswith(".int8pc.onnx") for f in files) == 1
+    assert q8.encoder.session._model_path.endswith(".int8pc.onnx")
     scores = q8.score(pairs)
     assert all(s["honesty"] == pytest.approx(f["honesty"], abs=0.05) for s, f in zip(scores, flt))
     with pytest.raises(ValueError, match="quantize must be one of"):
