@@ -25,6 +25,17 @@ class StageResources(_Strict):
     num_cpus: float = Field(0.25, ge=0, description="CPUs reserved per actor; fractional so every stage's pool fits a small machine.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (GPU clusters); the model then runs on CUDA.")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per actor.")
+    memory_gb: float = Field(0.75, ge=0, description="Memory (GiB) Ray reserves per actor, so a cluster places actors "
+                                                     "where they fit; 0: no reservation.")
+
+    def ray_args(self) -> dict:
+        """Ray resources each actor of this stage requests (``map_batches`` keyword arguments)."""
+        args: dict = {"num_cpus": self.num_cpus}
+        if self.num_gpus:
+            args["num_gpus"] = self.num_gpus
+        if self.memory_gb:
+            args["memory"] = int(self.memory_gb * 2**30)
+        return args
 
 
 class AlignerStage(StageResources):
@@ -41,7 +52,8 @@ class BatchConfig(_Strict):
                             "CPUs (GPUs) to run every stage at once, fused otherwise (a few cores).")
     chunk_rows: int = Field(2048, ge=1, description="Valid rows per streamed pipeline run; bounds driver memory.")
     inspector: StageResources = Field(default_factory=lambda: StageResources(batch_size=256))
-    aligner: AlignerStage = Field(default_factory=lambda: AlignerStage(batch_size=256, num_cpus=0.3, torch_threads=2))
+    aligner: AlignerStage = Field(default_factory=lambda: AlignerStage(batch_size=256, num_cpus=0.3, torch_threads=2,
+                                                                         memory_gb=2.0))
     engine_batch: int = Field(32, ge=1, description="Rows decoding together in an aligner actor (continuous batching slots).")
     progress: bool = Field(True, description="Show a progress bar over rows (stderr).")
 

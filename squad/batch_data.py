@@ -91,7 +91,7 @@ def _use_vllm(stage: AlignerStage, mode: str) -> bool:
 
 def resolve_layout(cfg: BatchConfig, policy: SquadPolicy, vllm: bool, resources: dict[str, float]) -> str:
     """``layout: auto``: staged when ``resources`` (Ray's cluster resources) can run every stage at
-    once, each with its own cores (torch threads) or GPU share; fused otherwise. With a few cores,
+    once, each with its own cores (torch threads) or GPU share and its memory; fused otherwise. With a few cores,
     each extra stage's actor only adds a process start and model loads (about 4 CPU-seconds of
     imports each here) while the stages take turns on the same cores."""
     if cfg.layout != "auto":
@@ -101,7 +101,9 @@ def resolve_layout(cfg: BatchConfig, policy: SquadPolicy, vllm: bool, resources:
     stages = [cfg.inspector] + [cfg.aligner] * policy.max_steps
     cpus = sum(st.torch_threads for st in stages if st.num_gpus == 0)
     gpus = sum(st.num_gpus for st in stages)
-    fits = resources.get("CPU", 0) >= cpus and resources.get("GPU", 0) >= gpus
+    memory = sum(st.memory_gb for st in stages) * 2**30
+    fits = (resources.get("CPU", 0) >= cpus and resources.get("GPU", 0) >= gpus
+            and resources.get("memory", math.inf) >= memory)
     return "staged" if fits else "fused"
 
 
@@ -129,10 +131,9 @@ def stream_states(states: list[PairState], bundle: str, cfg: BatchConfig, policy
                              override_num_blocks=max(1, math.ceil(len(states) / rows_per_block)))
 
     def stage(udf, st: StageResources, **kw):
-        extra = {"num_gpus": st.num_gpus} if st.num_gpus else {}
-        return ds.map_batches(udf, batch_size=st.batch_size, compute=_pool(1, st.concurrency), num_cpus=st.num_cpus,
+        return ds.map_batches(udf, batch_size=st.batch_size, compute=_pool(1, st.concurrency),
                               fn_constructor_kwargs=dict(bundle=actor_bundle, policy=policy, threads=st.torch_threads,
-                                                         device=_device(st), **kw), **extra)
+                                                         device=_device(st), **kw), **st.ray_args())
 
     if resolve_layout(cfg, policy, vllm, ray.cluster_resources()) == "fused" and not vllm:
         for row in stage(SquadStage, cfg.aligner, engine_batch=cfg.engine_batch).iter_rows():

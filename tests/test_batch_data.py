@@ -242,6 +242,8 @@ def test_stages_step_like_run_squad_and_skip_rows_without_work(tiny_bundle: Path
     ("auto", 4, 0.5, ["aligner.num_gpus=0.25"], "fused"),
     ("staged", 2, 0, [], "staged"),
     ("fused", 64, 8, [], "fused"),
+    ("auto", 7, 0, ["aligner.memory_gb=8"], "staged"),      # 0.75 + 3 x 8 GiB fit the 64 GiB below
+    ("auto", 7, 0, ["aligner.memory_gb=24"], "fused"),      # 0.75 + 3 x 24 GiB do not
 ])
 def test_auto_layout_stages_only_when_every_stage_can_run_at_once(layout, cpus, gpus, overrides, want):
     from squad.algorithm import SquadPolicy
@@ -249,8 +251,18 @@ def test_auto_layout_stages_only_when_every_stage_can_run_at_once(layout, cpus, 
 
     cfg = load_batch_config(None, [f"layout={layout}", *overrides])
     policy = SquadPolicy(thresholds=dict.fromkeys(TH, 0.5), max_steps=3)
-    assert resolve_layout(cfg, policy, False, {"CPU": cpus, "GPU": gpus}) == want
+    assert resolve_layout(cfg, policy, False, {"CPU": cpus, "GPU": gpus, "memory": 64 * 2**30}) == want
     assert resolve_layout(cfg.model_copy(update={"layout": "auto"}), policy, True, {"CPU": 2}) == "staged"  # vLLM
+
+
+def test_stage_resources_become_ray_actor_requests():
+    from squad.batch_data import load_batch_config
+
+    cfg = load_batch_config(None, ["aligner.num_gpus=0.5", "inspector.memory_gb=0"])
+    assert cfg.aligner.ray_args() == {"num_cpus": 0.3, "num_gpus": 0.5, "memory": 2 * 2**30}
+    assert cfg.inspector.ray_args() == {"num_cpus": 0.25}  # no GPU, no memory reservation
+    with pytest.raises(Exception, match="memory_gb"):
+        load_batch_config(None, ["aligner.memory_gb=-1"])
 
 
 def test_vllm_round_wiring_against_the_installed_ray_data_llm(tiny_bundle: Path):
