@@ -28,13 +28,17 @@ class StageResources(_Strict):
     memory_gb: float = Field(0.75, ge=0, description="Memory (GiB) Ray reserves per actor, so a cluster places actors "
                                                      "where they fit; 0: no reservation.")
 
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gb * 2**30)
+
     def ray_args(self) -> dict:
         """Ray resources each actor of this stage requests (``map_batches`` keyword arguments)."""
         args: dict = {"num_cpus": self.num_cpus}
         if self.num_gpus:
             args["num_gpus"] = self.num_gpus
         if self.memory_gb:
-            args["memory"] = int(self.memory_gb * 2**30)
+            args["memory"] = self.memory_bytes
         return args
 
 

@@ -101,7 +101,7 @@ def resolve_layout(cfg: BatchConfig, policy: SquadPolicy, vllm: bool, resources:
     stages = [cfg.inspector] + [cfg.aligner] * policy.max_steps
     cpus = sum(st.torch_threads for st in stages if st.num_gpus == 0)
     gpus = sum(st.num_gpus for st in stages)
-    memory = sum(st.memory_gb for st in stages) * 2**30
+    memory = sum(st.memory_bytes for st in stages)
     fits = (resources.get("CPU", 0) >= cpus and resources.get("GPU", 0) >= gpus
             and resources.get("memory", math.inf) >= memory)
     return "staged" if fits else "fused"
