@@ -134,11 +134,9 @@ class UpstreamServer:
         self._lock = asyncio.Lock()
 
     async def chat(self, messages: list[dict], max_tokens: int) -> str:
-        from squad.prompt import neutralise, special_strings
+        from squad.prompt import chat_prompt
 
-        specials = special_strings(self.engine.tokenizer)
-        safe = [{"role": m["role"], "content": neutralise(m["content"], specials)} for m in messages]
-        prompt = self.engine.tokenizer.apply_chat_template(safe, tokenize=False, add_generation_prompt=True)
+        prompt = chat_prompt(self.engine.tokenizer, messages)
         async with self._lock:
             out = await asyncio.to_thread(self.engine.generate, [prompt], None, max_tokens)
         return out[0]

@@ -70,28 +70,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    from squad.evaluate import EvalRow, evaluate, format_table, heldout_rows
-    from squad.data import read_jsonl
-    from squad.policy import repo_policies_dir
-    from squad.sdk import Squad
-
-    squad = Squad.load(args.bundle)
-    if args.data:
-        rows = read_jsonl(args.data, EvalRow)
-    else:
-        rows = heldout_rows(args.policies or repo_policies_dir(), squad.criteria)
-    report = evaluate(squad, rows, progress=not args.json)
-    if args.save:
-        from squad.bundle import write_manifest
-
-        key = "heldout" if not args.data else Path(args.data).stem
-        metrics = {**squad.manifest.metrics, key: report}
-        write_manifest(squad.bundle, squad.manifest.model_copy(update={"metrics": metrics}))
-    print(json.dumps(report, indent=2) if args.json else format_table(report))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="squad", description="Aligner Squad: inspect and correct LLM answers.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -118,18 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="key=value")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a bundle: AUROC, win rate, alignment tax, edits, latency",
-                       description="Evaluate a bundle on --data (rows {question, answer, correction?, criterion?}) "
-                                   "or, by default, on the held-out split of the policies' seed data.")
-    e.add_argument("--data")
-    e.add_argument("--bundle", default="default")
-    e.add_argument("--policies", help="policies folder for the default held-out data")
-    e.add_argument("--json", action="store_true")
-    e.add_argument("--save", action="store_true", help="store the report in the bundle's manifest.json metrics")
-    e.set_defaults(fn=cmd_eval)
+    from squad import cli_batch, cli_data, cli_eval, cli_sweep, cli_synth
 
-    from squad import cli_batch, cli_data, cli_sweep, cli_synth
-
+    cli_eval.register(sub)
     cli_batch.register(sub)
     cli_sweep.register(sub)
     cli_data.register(sub)

@@ -56,3 +56,27 @@ def build_prompt(tokenizer, instruction: str, question: str, answer: str) -> str
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     # Models without a chat template get a plain layout with the same fields.
     return f"{messages[0]['content']}\n\n{messages[1]['content']}\n\nCorrected answer:\n"
+
+
+# Chat-template special tokens and role markers of common model families. No final answer should
+# carry any of them (they are prompt structure, not content); the evaluation checks every output.
+TEMPLATE_MARKERS = (
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>",                      # ChatML (Qwen, SmolLM)
+    "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",  # Llama 3
+    "[INST]", "[/INST]", "<<SYS>>", "<</SYS>>",                         # Llama 2, Mistral
+    "<start_of_turn>", "<end_of_turn>",                                 # Gemma
+    "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",               # Phi
+    "<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>",  # DeepSeek
+)
+
+
+def template_markers_in(text: str) -> list[str]:
+    """The chat-template markers that occur in ``text``."""
+    return [m for m in TEMPLATE_MARKERS if m in text]
+
+
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """A chat model's prompt for untrusted ``messages``: special tokens in them neutralised first."""
+    specials = special_strings(tokenizer)
+    safe = [{"role": m["role"], "content": neutralise(m["content"], specials)} for m in messages]
+    return tokenizer.apply_chat_template(safe, tokenize=False, add_generation_prompt=True)

@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from squad.data import CorrectionRow
 from squad.errors import ConfigError, SquadError
 from squad.policy import Policy, load_policy, repo_policies_dir
-from squad.prompt import neutralise, special_strings
+from squad.prompt import TEMPLATE_MARKERS, neutralise, special_strings
 
 PROMPT_KEYS = ("version", "topics", "questions", "answer", "critique", "correction")
 _COMMON = {"name", "principle", "misaligned", "instruction"}
@@ -48,8 +48,7 @@ _PLACEHOLDERS = {
 _FIELD = re.compile(r"\{(\w+)\}")
 AVOID_MAX = 50  # topics listed in {avoid}: the most recent ones
 # Chat-template markers of common model families, broken in prompts sent to a remote teacher.
-CHAT_MARKERS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|begin_of_text|>", "<|start_header_id|>",
-                "<|end_header_id|>", "<|eot_id|>", "<start_of_turn>", "<end_of_turn>", "[INST]", "[/INST]"]
+CHAT_MARKERS = list(TEMPLATE_MARKERS)
 DEFAULT_API_KEY_ENV = "SQUAD_TEACHER_API_KEY"
 
 
