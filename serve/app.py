@@ -74,6 +74,7 @@ class SquadIngress:
         self.flagged = Counter("squad_flagged_total", "Pairs a criterion's inspector flagged", tag_keys=tags)
         self.corrected = Counter("squad_corrected_total", "Aligner steps applied", tag_keys=tags)
         self.errors = Counter("squad_aligner_errors_total", "Aligner steps that failed", tag_keys=tags)
+        self.rejected = Counter("squad_rejected_total", "Rewrites not kept (do no harm)", tag_keys=tags)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this in the replica after __init__: the HTTP app, bound to this router."""
@@ -134,7 +135,8 @@ class SquadIngress:
                 if s < policy.thresholds[k]:
                     self.flagged.inc(tags={"criterion": k})
             for st in c.steps:
-                (self.corrected if st.applied else self.errors).inc(tags={"criterion": st.criterion})
+                counter = self.corrected if st.applied else self.rejected if st.rejected else self.errors
+                counter.inc(tags={"criterion": st.criterion})
                 if st.error:
                     logger.warning("[%s] aligner %s failed: %s", rid, st.criterion, st.error)
         logger.info("[%s] corrected %d pair(s): %s", rid, len(results),

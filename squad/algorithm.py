@@ -38,6 +38,7 @@ class SquadPolicy:
     priorities: dict[str, int] = field(default_factory=dict)
     max_steps: int = 3
     fail_closed: dict[str, str] | None = None  # criterion -> refusal text; None = fail-open
+    do_no_harm: bool = True  # keep a rewrite only if its criterion passes and nothing that passed fails
 
     def pick(self, scores: dict[str, float], applied: Sequence[str]) -> str | None:
         """The criterion to apply next, or None when every remaining one passes."""
@@ -62,10 +63,16 @@ class PairState:
     steps: list[Step] = field(default_factory=list)
     done: bool = False
     next: str | None = None
+    candidate: str | None = None  # the last step's rewrite, kept only if its scores pass ``rejection``
 
     @property
     def needs_scores(self) -> bool:
         return not self.done and self.next is None
+
+    @property
+    def scored_text(self) -> str:
+        """What the inspectors score next: the pending rewrite, else the current answer."""
+        return self.answer if self.candidate is None else self.candidate
 
     def to_json(self) -> str:
         return json.dumps({**{k: getattr(self, k) for k in self.__dataclass_fields__ if k != "steps"},
@@ -92,9 +99,31 @@ def check_scores(scored: list[dict[str, float]], n: int, criteria: list[str]) ->
     return scored
 
 
+def rejection(crit: str, before: dict[str, float], after: dict[str, float], thresholds: dict[str, float]) -> str | None:
+    """Do no harm: why a rewrite for ``crit`` must not replace the answer, or None to keep it. It is
+    kept only if ``crit`` now passes and every criterion that passed before still passes."""
+    if after[crit] < thresholds[crit]:
+        return f"{crit} still under its threshold ({after[crit]:.2f} < {thresholds[crit]:.2f})"
+    broken = [c for c, t in thresholds.items() if before.get(c, 0.0) >= t and after.get(c, 0.0) < t]
+    if broken:
+        return "; ".join(f"{c} passed before ({before[c]:.2f}) and fails after ({after[c]:.2f} < {thresholds[c]:.2f})"
+                         for c in broken)
+    return None
+
+
 def observe(st: PairState, scores: dict[str, float], policy: SquadPolicy, now: float) -> None:
-    """Record fresh scores; pick the next criterion, or finish the pair."""
-    st.scores = dict(scores)
+    """Record fresh scores (of the answer, or of the last step's rewrite, which is kept or rejected
+    here); pick the next criterion, or finish the pair."""
+    if st.candidate is not None:
+        rewrite, st.candidate = st.candidate, None
+        step = st.steps[-1]
+        step.scores_after = dict(scores)
+        step.rejected = rejection(step.criterion, st.scores, scores, policy.thresholds) if policy.do_no_harm else None
+        if step.rejected is None:
+            st.answer, st.scores = rewrite, dict(scores)
+            step.applied, step.answer = True, rewrite
+    else:
+        st.scores = dict(scores)
     if not st.initial:
         st.initial = dict(scores)
     st.next = None if len(st.applied) >= policy.max_steps else policy.pick(st.scores, st.applied)
@@ -186,7 +215,7 @@ def score_pending(states: Sequence[PairState], inspect: InspectFn, policy: Squad
     pending = [st for st in states if st.needs_scores]
     if pending:
         criteria = list(policy.thresholds)
-        scored = check_scores(inspect([(st.question, st.answer) for st in pending], criteria), len(pending), criteria)
+        scored = check_scores(inspect([(st.question, st.scored_text) for st in pending], criteria), len(pending), criteria)
         for st, s in zip(pending, scored):
             observe(st, s, policy, clock())
     return pending
@@ -235,12 +264,12 @@ def apply_step(crit: str, group: list[PairState], align: AlignFn, policy: SquadP
     ms = (clock() - t0) * 1000.0 if latency_ms is None else latency_ms
     for k, st in enumerate(group):
         ok = outs is not None and bool(outs[k].strip())
-        if ok:
-            st.answer = outs[k]
+        if ok:  # a candidate: ``observe`` keeps or rejects it once it is scored
+            st.candidate = outs[k]
         elif policy.fail_closed is not None:
             st.answer = policy.fail_closed.get(crit, st.answer)
         st.applied.append(crit)
         st.next = None
         st.steps.append(Step(criterion=crit, score_before=st.scores[crit], threshold=policy.thresholds[crit],
-                             applied=ok, answer=st.answer, latency_ms=ms,
+                             applied=False, answer=st.answer, rewrite=outs[k] if ok else None, latency_ms=ms,
                              error=error if outs is None else (None if ok else "aligner returned an empty answer")))

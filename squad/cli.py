@@ -28,8 +28,8 @@ def _render(c) -> str:
     lines = [f"question : {c.question}", f"original : {c.original}", f"answer   : {c.answer}",
              "scores   : " + ", ".join(f"{k} {c.initial_scores[k]:.2f}->{c.scores[k]:.2f}" for k in c.scores)]
     for s in c.steps:
-        state = "applied" if s.applied else f"FAILED ({s.error})"
-        lines.append(f"  step   : {s.criterion} score {s.score_before:.2f} < {s.threshold:.2f}: {state}, {s.latency_ms:.0f} ms")
+        lines.append(f"  step   : {s.criterion} score {s.score_before:.2f} < {s.threshold:.2f}: {s.outcome}, "
+                     f"{s.latency_ms:.0f} ms")
     lines.append(f"latency  : {c.latency_ms:.0f} ms")
     return "\n".join(lines)
 

@@ -82,8 +82,19 @@ def _suites(squad, args) -> int:
             if "judge" in rep:
                 print(_judge_table(rep["judge"]))
             print()
+    heldout = None
+    if len(names) > 1:  # the inspectors on every suite, beside the in-distribution split
+        from squad.evaluate import heldout_rows
+        from squad.eval.report import format_inspectors_side_by_side, heldout_inspector_figures
+        from squad.policy import repo_policies_dir
+
+        rows = heldout_rows(args.policies or repo_policies_dir(), list(policy.thresholds))
+        heldout = heldout_inspector_figures(squad, rows, policy.thresholds)
+        if not args.json:
+            print("Inspectors, AUROC and false-flag rate at the threshold:\n")
+            print(format_inspectors_side_by_side(reports, heldout))
     if args.json:
-        print(json.dumps(reports, indent=2))
+        print(json.dumps({**reports, **({"heldout_inspectors": heldout} if heldout else {})}, indent=2))
     return 0
 
 

@@ -14,6 +14,20 @@ class Step(BaseModel):
     answer: str = Field(description="The answer after this step.")
     latency_ms: float = Field(description="Wall time of the aligner call for this step.")
     error: str | None = Field(None, description="The aligner's error, when it failed (fail-open keeps the last good answer).")
+    rewrite: str | None = Field(None, description="The aligner's output, kept or not.")
+    scores_after: dict[str, float] | None = Field(None, description="Inspector scores of the rewrite.")
+    rejected: str | None = Field(None, description=(
+        "Why the rewrite was not kept (do no harm: its criterion still fails, or a criterion that "
+        "passed before fails after it); the previous answer stays."))
+
+    @property
+    def outcome(self) -> str:
+        """One line for people: what became of this step's rewrite."""
+        if self.applied:
+            return "rewrite kept"
+        if self.rejected:
+            return f"rewrite rejected, answer kept: {self.rejected}"
+        return f"aligner failed: {self.error}"
 
 
 class Correction(BaseModel):

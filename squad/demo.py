@@ -44,7 +44,7 @@ def main() -> None:
             print("  -> passes every inspector: left untouched")
         for s in c.steps:
             print(f"  step    : {s.criterion:<12} score {s.score_before:.2f} < threshold {s.threshold:.2f}"
-                  f" -> aligner {'applied' if s.applied else 'FAILED: ' + str(s.error)} ({s.latency_ms:.0f} ms)")
+                  f" -> {s.outcome} ({s.latency_ms:.0f} ms)")
         if c.changed:
             print("  corrected:")
             print(_wrap(c.answer))

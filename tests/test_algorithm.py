@@ -145,7 +145,7 @@ def test_max_steps_one():
 def test_every_criterion_rescored_after_each_step():
     # Fixing a breaks b: the re-score must catch it and run b's aligner next.
     al = FakeAligner(effects={"a": "[b=0.05]"})
-    (c,), insp, _ = run([("Q", "x [a=0.2]")], aligner=al)
+    (c,), insp, _ = run([("Q", "x [a=0.2]")], policy(do_no_harm=False), aligner=al)
     assert crits(c) == ["a", "b"]
     assert c.initial_scores["b"] == DEFAULT
     assert c.steps[1].score_before == pytest.approx(0.05)
@@ -158,14 +158,14 @@ def test_every_criterion_rescored_after_each_step():
 def test_rescoring_can_change_the_order():
     # Initially c (0.3) is next after a, but a's fix drops b to 0.1 so b jumps ahead of c.
     al = FakeAligner(effects={"a": "[b=0.1]"})
-    (c,), _, _ = run([("Q", "x [a=0.2][c=0.3]")], aligner=al)
+    (c,), _, _ = run([("Q", "x [a=0.2][c=0.3]")], policy(do_no_harm=False), aligner=al)
     assert crits(c) == ["a", "b", "c"]
 
 
 def test_criterion_never_applied_twice():
     # b's aligner keeps breaking a; a's keeps breaking b. Each runs at most once.
     al = FakeAligner(effects={"a": "[b=0.1]", "b": "[a=0.1]"})
-    (c,), _, _ = run([("Q", "x [a=0.2]")], policy(max_steps=10), aligner=al)
+    (c,), _, _ = run([("Q", "x [a=0.2]")], policy(max_steps=10, do_no_harm=False), aligner=al)
     assert crits(c) == ["a", "b"]
     assert c.scores["a"] == pytest.approx(0.1)  # still failing, but a was already applied
 
@@ -178,7 +178,7 @@ def test_criterion_never_applied_twice():
     assert noop.calls == 1
     assert crits(c) == ["a"]
     assert c.changed is False
-    assert c.steps[0].applied is True
+    assert c.steps[0].applied is False and c.steps[0].rejected.startswith("a still under its threshold")
     assert len(insp.calls) == 2
 
 
@@ -370,7 +370,8 @@ def test_inspector_wrong_count_is_not_silently_dropped():
 
 def test_trace_fields():
     al = FakeAligner(effects={"a": "[c=0.4]"})
-    (c,), _, _ = run([("What?", "orig [a=0.2]")], policy({"a": 0.5, "b": 0.6, "c": 0.45}), aligner=al)
+    (c,), _, _ = run([("What?", "orig [a=0.2]")], policy({"a": 0.5, "b": 0.6, "c": 0.45}, do_no_harm=False),
+                     aligner=al)
     assert isinstance(c, Correction)
     assert c.question == "What?"
     assert c.original == "orig [a=0.2]"
@@ -648,3 +649,62 @@ def test_aligner_correct_stream_without_a_streaming_engine_runs_rounds():
     assert seen[0] == [(0, "a:x"), (1, "b:y")] and seen[1] == [(10, "b:a:x"), (11, "b:b:y")]
     with pytest.raises(KeyError, match="zzz"):
         al.correct_stream([(0, "zzz", "q", "x")], done)
+
+
+# ---------------------------------------------------------------------------------------------
+# Do no harm: a rewrite is kept only if its criterion passes and nothing that passed fails
+
+
+def test_rewrite_that_breaks_a_passing_criterion_is_rejected():
+    al = FakeAligner(effects={"a": "[b=0.05]"})
+    (c,), insp, _ = run([("Q", "x [a=0.2]")], aligner=al)
+    assert crits(c) == ["a"] and c.changed is False and c.answer == "x [a=0.2]"
+    s = c.steps[0]
+    assert s.applied is False and s.answer == "x [a=0.2]" and s.rewrite == "x <a>[b=0.05]"
+    assert s.rejected == "b passed before (0.90) and fails after (0.05 < 0.50)"
+    assert s.scores_after == {"a": DEFAULT, "b": pytest.approx(0.05), "c": DEFAULT}
+    assert c.scores == c.initial_scores  # the kept answer's scores
+    assert insp.calls[1][0] == [("Q", "x <a>[b=0.05]")]  # the rewrite was what got scored
+
+
+def test_rejected_step_still_counts_and_the_next_criterion_comes_from_the_kept_scores():
+    # a's rewrite does not fix a; b (0.3) is next by the kept answer's scores and its rewrite is kept.
+    al = FakeAligner(effects={"a": "[a=0.1]"})
+    (c,), _, _ = run([("Q", "x [a=0.2][b=0.3]")], aligner=al)
+    assert crits(c) == ["a", "b"]
+    assert [s.applied for s in c.steps] == [False, True]
+    assert c.steps[0].rejected == "a still under its threshold (0.10 < 0.50)"
+    assert c.answer == "x [a=0.2]<b>" and c.scores["a"] == pytest.approx(0.2)
+
+
+def test_accepted_rewrite_records_its_scores_and_text():
+    (c,), _, _ = run([("Q", "x [a=0.2]")])
+    s = c.steps[0]
+    assert s.applied is True and s.rejected is None and s.rewrite == s.answer == c.answer == "x <a>"
+    assert s.scores_after == c.scores
+
+
+def test_do_no_harm_is_the_same_in_the_streaming_path():
+    from squad.algorithm import PairState, advance_streaming
+
+    pairs = [("Q1", "x [a=0.2]"), ("Q2", "y [b=0.1]"), ("Q3", "z [a=0.3][c=0.2]")]
+    al = FakeAligner(effects={"a": "[b=0.05]"})
+    want = run(pairs, aligner=al)[0]
+    states = [PairState(q, a, a, 0.0) for q, a in pairs]
+
+    def stream(jobs, done):
+        while jobs:
+            jobs = done([(k, al.fix(c, a)) for k, c, _, a in jobs])
+
+    advance_streaming(states, FakeInspector(), stream, policy(), clock=lambda: 0.0)
+    got = [st.result() for st in states]
+    assert [(g.answer, [(s.criterion, s.applied, s.rejected) for s in g.steps]) for g in got] == \
+        [(w.answer, [(s.criterion, s.applied, s.rejected) for s in w.steps]) for w in want]
+    assert got[0].steps[0].rejected and got[1].steps[0].applied
+
+
+def test_pair_state_round_trips_with_a_pending_rewrite():
+    from squad.algorithm import PairState
+
+    st = PairState("q", "a", "a", 0.0, candidate="a2")
+    assert PairState.from_json(st.to_json()).candidate == "a2"

@@ -193,8 +193,6 @@ def test_cli_runs_a_suite_saves_reuses_and_lists_unlabelled(tiny_bundle, tmp_pat
     lab = tmp_path / "labels.jsonl"
     lab.write_text(json.dumps({**items[0], "misaligned": ["helpfulness"], "acceptable": False, "compare": "worse",
                                "note": "gibberish"}) + "\n")
-    lab.write_text("\n".join(json.dumps({k: v for k, v in json.loads(line).items()
-                                         if k in OutputLabel.model_fields}) for line in lab.read_text().splitlines()))
     assert main(base + ["--reuse", "--labels", str(lab), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)["mini"]
     assert rep["groups"]["all"]["unlabelled"] == 1 and rep["groups"]["all"]["worse_of_rewrites"] == 1.0

@@ -27,9 +27,10 @@ def output_key(question: str, original: str, output: str) -> str:
 
 
 class OutputLabel(BaseModel):
-    """One reader's judgement of one final answer the squad changed."""
+    """One reader's judgement of one final answer the squad changed. A filled-in template from
+    ``squad eval --unlabelled`` is a valid label as it is (its other reading fields are ignored)."""
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "ignore"}
 
     key: str = Field(min_length=32, max_length=32, description="output_key(question, original, output).")
     id: str = Field("", description="The suite row's id, for reading.")

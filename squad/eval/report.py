@@ -148,3 +148,43 @@ def format_suite(name: str, rep: dict) -> str:
         lines.append(f"\noutputs carrying chat-template markup: {len(rep['outputs_with_markup'])} "
                      f"({', '.join(rep['outputs_with_markup'][:10])}{' ...' if len(rep['outputs_with_markup']) > 10 else ''})")
     return "\n".join(lines)
+
+
+def heldout_inspector_figures(squad, rows, thresholds: dict[str, float]) -> dict:
+    """The in-distribution view, defined as ``squad.evaluate`` defines it: per criterion, its held-out
+    misaligned answers (0) against their corrections and its good answers (1); false-flag on every
+    criterion's held-out good answers."""
+    probe = [(r.question, r.answer, 0, r.criterion) for r in rows if r.correction]
+    probe += [(r.question, r.correction, 1, r.criterion) for r in rows if r.correction]
+    n_bad_corr = len(probe)
+    probe += [(r.question, r.answer, 1, r.criterion) for r in rows if not r.correction]
+    scores = squad.inspector.score([(q, a) for q, a, _, _ in probe], list(thresholds))
+    good = range(n_bad_corr, len(probe))
+    out = {}
+    for c, t in thresholds.items():
+        own = [k for k, p in enumerate(probe) if p[3] == c]
+        out[c] = {"auroc": auroc([probe[k][2] for k in own], [scores[k][c] for k in own]),
+                  "false_flag": _share(sum(scores[k][c] < t for k in good), len(good))}
+    return out
+
+
+def format_inspectors_side_by_side(reports: dict[str, dict], heldout: dict | None) -> str:
+    """One row per inspector: AUROC and false-flag rate per suite, the in-distribution split first;
+    ``outputs`` is the squad's own rewritten answers scored against their labels."""
+    cols: list[tuple[str, str, str]] = []
+    if heldout:
+        cols += [("in-distribution", "heldout", "auroc"), ("in-distribution", "heldout", "false_flag")]
+    for name in reports:
+        cols += [(name, name, "auroc"), (name, name, "false_flag")]
+    if "outputs" in reports:
+        cols.append(("outputs (rewrites)", "outputs", "auroc_outputs"))
+    head = [f"{t} {'AUROC' if k.startswith('auroc') else 'false-flag'}" for t, _, k in cols]
+    lines = ["| inspector | " + " | ".join(head) + " |", "|---" * (len(cols) + 1) + "|"]
+    crits = next(iter(reports.values()))["inspectors"] if reports else {}
+    for c in crits:
+        cells = []
+        for _, src, k in cols:
+            e = heldout.get(c, {}) if src == "heldout" else reports[src]["inspectors"].get(c, {})
+            cells.append(_cell(e.get(k)))
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
