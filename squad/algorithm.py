@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from squad.correction import Correction, Step
+from squad.prompt import strip_markup
 
 InspectFn = Callable[[list[tuple[str, str]], list[str]], list[dict[str, float]]]
 AlignFn = Callable[[str, list[tuple[str, str]]], list[str]]
@@ -64,6 +65,12 @@ class PairState:
     done: bool = False
     next: str | None = None
     candidate: str | None = None  # the last step's rewrite, kept only if its scores pass ``rejection``
+
+    @classmethod
+    def start(cls, question: str, answer: str, now: float) -> "PairState":
+        """A fresh pair. Chat-template markup is removed from the answer before anything scores it,
+        so no final answer carries it, rewritten or not; ``original`` keeps the text as it came."""
+        return cls(question, answer, strip_markup(answer), now)
 
     @property
     def needs_scores(self) -> bool:
@@ -143,7 +150,7 @@ def run_squad(pairs: Sequence[tuple[str, str]], inspect: InspectFn, align: Align
               clock: Callable[[], float] = time.perf_counter, align_many: AlignManyFn | None = None) -> list[Correction]:
     """Correct every pair; returns one Correction per pair, in order."""
     start = clock()
-    states = [PairState(q, a, a, start) for q, a in pairs]
+    states = [PairState.start(q, a, start) for q, a in pairs]
     advance(states, inspect, align, policy, clock, align_many)
     return [st.result() for st in states]
 
@@ -263,13 +270,14 @@ def apply_step(crit: str, group: list[PairState], align: AlignFn, policy: SquadP
         outs = None
     ms = (clock() - t0) * 1000.0 if latency_ms is None else latency_ms
     for k, st in enumerate(group):
-        ok = outs is not None and bool(outs[k].strip())
+        text = strip_markup(outs[k]) if outs is not None else ""
+        ok = bool(text.strip())
         if ok:  # a candidate: ``observe`` keeps or rejects it once it is scored
-            st.candidate = outs[k]
+            st.candidate = text
         elif policy.fail_closed is not None:
             st.answer = policy.fail_closed.get(crit, st.answer)
         st.applied.append(crit)
         st.next = None
         st.steps.append(Step(criterion=crit, score_before=st.scores[crit], threshold=policy.thresholds[crit],
-                             applied=False, answer=st.answer, rewrite=outs[k] if ok else None, latency_ms=ms,
+                             applied=False, answer=st.answer, rewrite=text if ok else None, latency_ms=ms,
                              error=error if outs is None else (None if ok else "aligner returned an empty answer")))

@@ -187,7 +187,7 @@ def run_batch(src: str | Path, out: str | Path, bundle: str | Path = "default", 
             nonlocal n_out
             if chunk:
                 now = time.time()
-                states = [PairState(r.question, r.answer, r.answer, now) for _, r, _ in chunk]
+                states = [PairState.start(r.question, r.answer, now) for _, r, _ in chunk]
                 results = []
                 for st in stream(states, str(bundle), cfg, policy):
                     results.append(st.result())
