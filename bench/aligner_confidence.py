@@ -1,0 +1,103 @@
+"""Does the aligner's own confidence predict a rewrite judged worse? (issue: do no harm)
+
+For every rewrite kept as a final answer in the saved suite runs (``out/eval/<suite>.jsonl``, from
+``squad eval --suite``) that has a hand label (``eval/labels/<suite>.jsonl``), score the last kept
+step's rewrite under its own aligner, teacher-forced on the prompt that step saw: the mean token
+log-probability. Prints the AUROC of that confidence for telling rewrites judged better or same
+from those judged worse, and what a rejection threshold would cost at a few settings.
+
+    python bench/aligner_confidence.py [--suites wild outputs upstream true-but-suspicious]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def kept_rewrites(run_file: Path, labels: dict) -> list[dict]:
+    from squad.correction import Correction
+    from squad.eval.labels import output_key
+    from squad.prompt import strip_markup
+
+    out = []
+    lines = run_file.read_text(encoding="utf-8").splitlines()[1:]
+    for line in lines:
+        d = json.loads(line)
+        c = Correction.model_validate({k: v for k, v in d.items() if k != "id"})
+        lab = labels.get(output_key(c.question, c.original, c.answer))
+        kept = [s for s in c.steps if s.applied]
+        if not c.changed or lab is None or not kept:
+            continue
+        last = kept[-1]
+        before = kept[-2].answer if len(kept) > 1 else strip_markup(c.original)
+        out.append({"id": d["id"], "criterion": last.criterion, "question": c.question, "input": before,
+                    "rewrite": last.answer, "worse": lab.compare == "worse", "acceptable": lab.acceptable})
+    return out
+
+
+@torch.inference_mode()
+def mean_logprob(engine, aligner, items: list[dict]) -> list[float]:
+    from tqdm import tqdm
+
+    tok = engine.tokenizer
+    scores = []
+    for it in tqdm(items, desc="teacher-forced scoring", unit="rewrite"):
+        prompt = aligner.prompt(it["criterion"], it["question"], it["input"])
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        r_ids = tok(it["rewrite"], add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([p_ids + r_ids])
+        model = engine._model_for(it["criterion"])
+        logits = model(input_ids=ids).logits[0, len(p_ids) - 1:-1].float()
+        lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(r_ids)[:, None]).squeeze(1)
+        scores.append(float(lp.mean()))
+    return scores
+
+
+def main() -> None:
+    from squad.eval.labels import load_labels
+    from squad.evaluate import auroc
+    from squad.sdk import Squad
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suites", nargs="+", default=["wild", "outputs", "upstream", "true-but-suspicious"])
+    p.add_argument("--runs", default="out/eval")
+    p.add_argument("--bundle", default="default")
+    p.add_argument("--output", default="out/eval/aligner_confidence.jsonl")
+    a = p.parse_args()
+    items = []
+    for s in a.suites:
+        run = Path(a.runs) / f"{s}.jsonl"
+        if run.is_file():
+            items += [{**it, "suite": s} for it in kept_rewrites(run, load_labels(Path("eval/labels") / f"{s}.jsonl"))]
+    if not items:
+        raise SystemExit("no labelled rewrites: run `squad eval --suite NAME` and label its outputs first")
+    squad = Squad.load(a.bundle)
+    aligner = squad.aligner
+    for it, lp in zip(items, mean_logprob(aligner.engine, aligner, items)):
+        it["mean_logprob"] = lp
+    Path(a.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.output).write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
+    print(f"{len(items)} labelled rewrites ({sum(it['worse'] for it in items)} judged worse) -> {a.output}\n")
+    print("| group | n | worse | AUROC (confidence: not worse vs worse) | AUROC (acceptable vs not) |")
+    print("|---|---|---|---|---|")
+    groups = {"all": items, **{c: [it for it in items if it["criterion"] == c] for c in sorted({i["criterion"] for i in items})}}
+    for g, its in groups.items():
+        lp = [it["mean_logprob"] for it in its]
+        a1, a2 = auroc([0 if it["worse"] else 1 for it in its], lp), auroc([int(it["acceptable"]) for it in its], lp)
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"
+        print(f"| {g} | {len(its)} | {sum(it['worse'] for it in its)} | {fmt(a1)} | {fmt(a2)} |")
+    print("\nReject rewrites under a mean log-prob threshold:\n")
+    print("| threshold | worse rejected | not-worse rejected |")
+    print("|---|---|---|")
+    worse = [it["mean_logprob"] for it in items if it["worse"]]
+    fine = [it["mean_logprob"] for it in items if not it["worse"]]
+    for q in (0.1, 0.25, 0.5):
+        t = sorted(fine)[int(q * (len(fine) - 1))] if fine else 0.0
+        print(f"| {t:.3f} | {sum(x < t for x in worse)}/{len(worse)} | {sum(x < t for x in fine)}/{len(fine)} |")
+
+
+if __name__ == "__main__":
+    main()
