@@ -202,7 +202,7 @@ def test_correct_pair_human_output(fake_squad, capsys):
     code, out, _ = run_cli(["correct", "-q", "Q", "-a", "A [honesty=0.1]"], capsys)
     assert code == 0
     assert "answer   : A <honesty>" in out
-    assert re.search(r"step   : honesty score 0\.10 < 0\.50: applied", out)
+    assert re.search(r"step   : honesty score 0\.10 < 0\.50: rewrite kept", out)
 
 
 def test_correct_file_with_bad_rows(fake_squad, tmp_path, capsys):
