@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from squad.errors import SquadError
@@ -37,7 +38,7 @@ def cmd_eval(args) -> int:
 def _suites(squad, args) -> int:
     from squad.eval.labels import labels_path, load_labels, write_unlabelled
     from squad.eval.report import format_suite, suite_report, unlabelled_items
-    from squad.eval.run import fingerprint, load_run, run_suite, save_run
+    from squad.eval.run import fingerprint, reuse_or_run
     from squad.eval.suites import SUITES, load_suite, suite_dir
 
     from squad.cli import _thresholds
@@ -56,21 +57,17 @@ def _suites(squad, args) -> int:
     for name in names:
         folder = suite_dir(name)
         rows = load_suite(folder, squad.criteria)
-        fp = fingerprint(squad, rows, policy.thresholds, policy.max_steps)
+        fp = fingerprint(squad, policy.thresholds, policy.max_steps)
         run_file = Path(args.runs) / f"{folder.name}.jsonl"
-        if args.reuse:
-            results = load_run(run_file, fp, rows)
-        else:
-            results = run_suite(squad, rows, progress=not args.json, desc=f"squad on {folder.name}")
-            save_run(run_file, fp, rows, results)
+        results, ran = reuse_or_run(squad, rows, run_file, fp, args.reuse, not args.json, f"squad on {folder.name}")
         lab_file = Path(args.labels) if args.labels else labels_path(folder.parent, folder.name)
         labels = load_labels(lab_file)
         rep = suite_report(rows, results, labels, policy.thresholds)
-        rep.update(run=str(run_file), labels=str(lab_file))
+        rep.update(run=str(run_file), labels=str(lab_file), rows_run=ran)
         if args.unlabelled:
             n = write_unlabelled(unlabelled_items(rows, results, labels), args.unlabelled)
             print(f"{n} unlabelled outputs -> {args.unlabelled} (fill misaligned, acceptable, compare, note; "
-                  f"append the rows to {lab_file})")
+                  f"append the rows to {lab_file})", file=sys.stderr if args.json else sys.stdout)
         if judge is not None:
             items = [{"id": r.id, "question": r.question, "original": c.original, "answer": c.answer}
                      for r, c in zip(rows, results) if c.changed]
@@ -121,8 +118,8 @@ def register(sub) -> None:
     e.add_argument("--policies", help="policies folder for the default held-out data")
     e.add_argument("--threshold", action="append", metavar="CRITERION=VALUE", help="override a threshold (repeatable)")
     e.add_argument("--runs", default="out/eval", help="where suite runs are saved (default out/eval)")
-    e.add_argument("--reuse", action="store_true", help="report from the saved run instead of running the squad "
-                                                         "(refused if the bundle, rows or settings changed)")
+    e.add_argument("--reuse", action="store_true", help="take the saved run's results for rows unchanged since, and run "
+                                                         "only new or edited rows (refused if the bundle or settings changed)")
     e.add_argument("--labels", help="labels file (default eval/labels/SUITE.jsonl)")
     e.add_argument("--unlabelled", metavar="FILE", help="write the changed outputs that have no label yet, to label")
     e.add_argument("--judge", metavar="URL", help="an OpenAI-compatible endpoint to judge original vs corrected")

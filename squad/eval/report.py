@@ -44,7 +44,7 @@ def group_figures(idx: list[int], rows, results, labs, th) -> dict:
     labelled = [k for k in changed if labs[k] is not None]
     unlabelled = len(changed) - len(labelled)
     good = all(rows[k].good for k in idx)
-    ok_untouched = len(idx) - len(changed) if good else 0  # an untouched good answer is acceptable
+    ok_untouched = sum(rows[k].good and not results[k].changed for k in idx)  # an untouched good answer is acceptable
     e = {"n": len(idx),
          "flagged": _share(sum(_flagged(results[k].initial_scores, th) for k in idx), len(idx)),
          "untouched": _share(len(idx) - len(changed), len(idx)),

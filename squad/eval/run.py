@@ -11,12 +11,12 @@ from squad.errors import DataError
 from squad.eval.suites import SuiteRow
 
 
-def fingerprint(squad, rows: list[SuiteRow], thresholds: dict[str, float], max_steps: int) -> dict:
-    """What a run depends on: the bundle (manifest less its metrics), the rows, the settings."""
+def fingerprint(squad, thresholds: dict[str, float], max_steps: int) -> dict:
+    """What a run's results depend on besides the rows: the bundle (manifest less its metrics) and
+    the settings."""
     manifest = squad.manifest.model_dump(mode="json", exclude={"metrics"})
-    items = [(r.id, r.question, r.answer) for r in rows]
-    h = lambda obj: hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
-    return {"bundle": h(manifest), "rows": h(items), "thresholds": thresholds, "max_steps": max_steps}
+    h = hashlib.sha256(json.dumps(manifest, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+    return {"bundle": h, "thresholds": thresholds, "max_steps": max_steps}
 
 
 def run_suite(squad, rows: list[SuiteRow], batch_size: int = 32, progress: bool = True,
@@ -41,16 +41,30 @@ def save_run(path: Path, fp: dict, rows: list[SuiteRow], results: list[Correctio
             f.write(json.dumps({"id": r.id, **c.model_dump(mode="json")}, ensure_ascii=False) + "\n")
 
 
-def load_run(path: Path, fp: dict, rows: list[SuiteRow]) -> list[Correction]:
-    """A saved run, only if it was made by this bundle, on these rows, with these settings."""
+def load_run(path: Path, fp: dict) -> dict[tuple[str, str, str], Correction]:
+    """A saved run's results by (id, question, answer), only if the same bundle and settings made it."""
     if not path.is_file():
-        raise DataError(f"{path}: no saved run; run without --reuse first")
+        return {}
     with open(path, encoding="utf-8") as f:
         head = json.loads(f.readline())
         saved = [json.loads(line) for line in f if line.strip()]
-    if head.get("fingerprint") != fp:
-        diff = sorted(k for k in fp if head.get("fingerprint", {}).get(k) != fp[k])
-        raise DataError(f"{path}: saved by another run (differs in {diff}); run without --reuse")
-    if [s["id"] for s in saved] != [r.id for r in rows]:
-        raise DataError(f"{path}: rows differ from the suite's; run without --reuse")
-    return [Correction.model_validate({k: v for k, v in s.items() if k != "id"}) for s in saved]
+    old = {k: v for k, v in head.get("fingerprint", {}).items() if k in fp}
+    if old != fp:
+        diff = sorted(k for k in fp if old.get(k) != fp[k])
+        raise DataError(f"{path}: saved by another bundle or with other settings (differs in {diff}); "
+                        f"run without --reuse")
+    return {(s["id"], s["question"], s["original"]): Correction.model_validate({k: v for k, v in s.items() if k != "id"})
+            for s in saved}
+
+
+def reuse_or_run(squad, rows: list[SuiteRow], path: Path, fp: dict, reuse: bool, progress: bool,
+                 desc: str) -> tuple[list[Correction], int]:
+    """Results for every row: with ``reuse``, saved ones for rows unchanged since the saved run and a
+    fresh run for the rest; the whole run is then saved. Returns the results and how many rows ran."""
+    saved = load_run(path, fp) if reuse else {}
+    todo = [r for r in rows if (r.id, r.question, r.answer) not in saved]
+    fresh = dict(zip([r.id for r in todo], run_suite(squad, todo, progress=progress, desc=desc))) if todo else {}
+    results = [fresh[r.id] if r.id in fresh else saved[(r.id, r.question, r.answer)] for r in rows]
+    if todo or not path.is_file():
+        save_run(path, fp, rows, results)
+    return results, len(todo)
