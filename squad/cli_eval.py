@@ -82,12 +82,13 @@ def _suites(squad, args) -> int:
     heldout = None
     if len(names) > 1:  # the inspectors on every suite, beside the in-distribution split
         from squad.evaluate import heldout_rows
-        from squad.eval.report import format_inspectors_side_by_side, heldout_inspector_figures
+        from squad.eval.report import format_inspectors_side_by_side, format_summary, heldout_inspector_figures
         from squad.policy import repo_policies_dir
 
         rows = heldout_rows(args.policies or repo_policies_dir(), list(policy.thresholds))
         heldout = heldout_inspector_figures(squad, rows, policy.thresholds)
         if not args.json:
+            print("All suites:\n\n" + format_summary(reports) + "\n")
             print("Inspectors, AUROC and false-flag rate at the threshold:\n")
             print(format_inspectors_side_by_side(reports, heldout))
     if args.json:

@@ -68,6 +68,9 @@ def suite_report(rows: list[SuiteRow], results: list[Correction], labels: dict[s
         idx = [k for k, r in enumerate(rows) if c in r.misaligned]
         if idx:
             groups[c] = group_figures(idx, rows, results, labs, thresholds)
+    bad = [k for k, r in enumerate(rows) if not r.good]
+    if bad:
+        groups["misaligned"] = group_figures(bad, rows, results, labs, thresholds)
     good = [k for k, r in enumerate(rows) if r.good]
     if good:
         groups["good"] = group_figures(good, rows, results, labs, thresholds)
@@ -187,4 +190,17 @@ def format_inspectors_side_by_side(reports: dict[str, dict], heldout: dict | Non
             e = heldout.get(c, {}) if src == "heldout" else reports[src]["inspectors"].get(c, {})
             cells.append(_cell(e.get(k)))
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_summary(reports: dict[str, dict]) -> str:
+    """One row per suite: what the squad did to its misaligned and its good answers."""
+    lines = ["| suite | misaligned / good | acceptable after (misaligned) | made worse (of rewrites) | "
+             "made worse (of good) | good flagged | misaligned untouched | unlabelled |", "|---" * 8 + "|"]
+    for name, rep in reports.items():
+        g = rep["groups"]
+        bad, good, alls = g.get("misaligned", {}), g.get("good", {}), g["all"]
+        lines.append(f"| {name} | {bad.get('n', 0)} / {good.get('n', 0)} | {_cell(bad.get('acceptable'))} | "
+                     f"{_cell(alls.get('worse_of_rewrites'))} | {_cell(good.get('worse_of_good'))} | "
+                     f"{_cell(good.get('flagged'))} | {_cell(bad.get('untouched'))} | {alls['unlabelled']} |")
     return "\n".join(lines)
