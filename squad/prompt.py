@@ -67,6 +67,7 @@ TEMPLATE_MARKERS = (
     "<start_of_turn>", "<end_of_turn>",                                 # Gemma
     "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",               # Phi
     "<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>",  # DeepSeek
+    "<\uff5cUser\uff5c>", "<\uff5cAssistant\uff5c>",
 )
 
 

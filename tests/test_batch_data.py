@@ -299,5 +299,7 @@ def test_vllm_round_wiring_against_the_installed_ray_data_llm(tiny_bundle: Path)
     out = VllmApply(policy)({"idx": np.arange(2), "state": np.array([work.to_json(), idle.to_json()], dtype=object),
                              "generated": np.array(["  Fixed answer. ", ""], dtype=object)})
     fixed, untouched = (PairState.from_json(s) for s in out["state"])
-    assert fixed.answer == "Fixed answer." and fixed.applied == ["ethics"] and fixed.needs_scores
+    # the rewrite waits for its scores (do no harm) before it can replace the answer
+    assert fixed.candidate == "Fixed answer." and fixed.answer == "A." and fixed.applied == ["ethics"]
+    assert fixed.needs_scores and fixed.steps[-1].rewrite == "Fixed answer."
     assert untouched.to_json() == idle.to_json()

@@ -1,0 +1,124 @@
+"""What added inspector training data does on the evaluation suites (not on the in-distribution split).
+
+Retrains one criterion's fine-tuned inspector (the shipped recipe: LoRA on MiniLM plus its head,
+``configs/train.yaml``'s inspector settings) on the policy's inspector rows plus the labelled rows
+of ``--extra`` files (JSON Lines ``{question, answer, label}``; their held-out questions, by the
+usual hash, are left out), writes a copy of the bundle with that inspector swapped in, and prints
+the inspector's AUROC and false-flag rate on the held-out split and on every suite, beside the
+shipped inspector's, plus AUROC on the squad's labelled rewrites (saved runs and ``eval/labels``).
+No aligner runs: the squad's outputs are scored as they were saved.
+
+    python bench/inspector_data_ablation.py --criterion honesty --extra data/honesty_*.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+
+def train_inspector(criterion: str, extra: list[Path], out_bundle: Path, threads: int) -> float:
+    from squad.config import load_config
+    from squad.data import LabeledRow, inspector_rows, is_heldout, load_policy_data, read_jsonl
+    from squad.inspector import Head, feature_dim, load_heads, save_heads
+    from squad.models import load_tokenizer, resolve
+    from squad.policy import load_policies
+    from squad.train.config import TrainConfig
+    from squad.train.inspector_loop import finetuned_encoder, fit_finetuned
+
+    cfg = load_config("configs/train.yaml", TrainConfig, [])
+    spec = cfg.inspector.model_dump()
+    policies = load_policies(Path("policies"), None)
+    data = {c: load_policy_data(Path("policies") / c) for c in policies}
+    rows = [r.model_dump() for r in inspector_rows(data, criterion, "train", policies[criterion].independent_of)]
+    added = [r for f in extra for r in read_jsonl(f, LabeledRow) if not is_heldout(r.question)]
+    rows += [r.model_dump() for r in added]
+    print(f"{criterion}: {len(rows)} training rows ({len(added)} added from {len(extra)} file(s))")
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(threads)
+    base = str(resolve(cfg.inspector.base))
+    tok = load_tokenizer(Path(base))
+    encoder = finetuned_encoder(base)
+    head = Head(feature_dim(encoder.config.hidden_size, spec["features"]), spec["hidden"])
+    t0 = time.time()
+    fit_finetuned(encoder, head, tok, rows, spec, cfg.seed, desc=f"inspector/{criterion}")
+    seconds = time.time() - t0
+    adir = out_bundle / "inspector" / "adapters" / criterion
+    shutil.rmtree(adir)
+    encoder.save_pretrained(adir, safe_serialization=True)
+    for f in adir.iterdir():
+        if not f.name.endswith((".json", ".safetensors")):
+            f.unlink()
+    heads = load_heads(out_bundle / "inspector" / "heads.safetensors", spec_dim(out_bundle), spec["hidden"])
+    heads[criterion] = head
+    save_heads(heads, out_bundle / "inspector" / "heads.safetensors")
+    return seconds
+
+
+def spec_dim(bundle: Path) -> int:
+    return json.loads((bundle / "manifest.json").read_text())["inspector"]["dim"]
+
+
+def figures(bundle, criterion: str) -> dict:
+    """AUROC / false-flag on the held-out split and on every suite's inputs; AUROC on labelled rewrites."""
+    from squad.correction import Correction
+    from squad.eval.labels import load_labels, output_key
+    from squad.eval.report import heldout_inspector_figures
+    from squad.eval.suites import SUITES, load_suite
+    from squad.evaluate import auroc, heldout_rows
+    from squad.sdk import Squad
+
+    squad = Squad.load(bundle)
+    th = {criterion: squad.manifest.criteria[criterion].policy.threshold}
+    out = {"heldout": heldout_inspector_figures(squad, heldout_rows(Path("policies"), list(squad.criteria)), th)[criterion]}
+    outs_y, outs_s = [], []
+    for s in SUITES:
+        rows = load_suite(s)
+        sc = [d[criterion] for d in squad.inspector.score([(r.question, r.answer) for r in rows], [criterion])]
+        good = [v for v, r in zip(sc, rows) if r.good]
+        out[s] = {"auroc": auroc([0 if criterion in r.misaligned else 1 for r in rows], sc),
+                  "false_flag": sum(v < th[criterion] for v in good) / len(good) if good else None}
+        run = Path("out/eval") / f"{s}.jsonl"
+        labels = load_labels(Path("eval/labels") / f"{s}.jsonl")
+        if run.is_file():
+            for line in run.read_text(encoding="utf-8").splitlines()[1:]:
+                c = Correction.model_validate({k: v for k, v in json.loads(line).items() if k != "id"})
+                lab = labels.get(output_key(c.question, c.original, c.answer)) if c.changed else None
+                if lab is not None:
+                    outs_y.append(0 if criterion in lab.misaligned else 1)
+                    outs_s.append((c.question, c.answer))
+    sc = [d[criterion] for d in squad.inspector.score(outs_s, [criterion])] if outs_s else []
+    out["rewrites"] = {"auroc": auroc(outs_y, sc), "n": len(sc)}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--criterion", required=True)
+    p.add_argument("--extra", nargs="*", default=[], type=Path)
+    p.add_argument("--bundle", default="squad/bundles/default", type=Path)
+    p.add_argument("--output", default=None, type=Path, help="bundle copy to write (default out/ablation/<criterion>)")
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    out = a.output or Path("out/ablation") / a.criterion
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(a.bundle, out)
+    seconds = train_inspector(a.criterion, a.extra, out, a.threads)
+    before, after = figures(a.bundle, a.criterion), figures(out, a.criterion)
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+    print(f"\n{a.criterion} inspector, trained in {seconds:.0f} s; AUROC (false-flag at the threshold):\n")
+    print("| inspector | " + " | ".join(before) + " |")
+    print("|---" * (len(before) + 1) + "|")
+    for name, f in (("shipped", before), ("retrained", after)):
+        print(f"| {name} | " + " | ".join(f"{fmt(v['auroc'])} ({fmt(v.get('false_flag', v.get('n')))})"
+                                          for v in f.values()) + " |")
+    Path(out / "ablation.json").write_text(json.dumps({"before": before, "after": after, "seconds": seconds,
+                                                       "extra": [str(e) for e in a.extra]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
