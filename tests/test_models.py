@@ -155,6 +155,11 @@ def test_int8_inspector_runs_a_quantised_copy_close_to_float(tmp_path, monkeypat
     assert q8.encoder.session._model_path.endswith(".int8pc.onnx")
     scores = q8.score(pairs)
     assert all(s["honesty"] == pytest.approx(f["honesty"], abs=0.05) for s, f in zip(scores, flt))
+    # a pair's int8 score does not depend on its batch-mates or on padding
+    mates = [("x " * 40, "y " * 60), ("short", "pair"), ("q", "7" * 90)]
+    alone = [q8.score([p])[0]["honesty"] for p in pairs]
+    batched = q8.score(mates[:1] + pairs + mates[1:])
+    assert [b["honesty"] for b in batched[1:3]] == pytest.approx(alone, abs=1e-6)
     with pytest.raises(ValueError, match="quantize must be one of"):
         OnnxEncoder(path, q8.tokenizer, quantize="int4")
     with pytest.warns(UserWarning, match="ONNX runtime only"):
