@@ -6,22 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from squad.cli_args import parse_thresholds
 from squad.errors import SquadError
-
-
-def _thresholds(items: list[str] | None) -> dict[str, float] | None:
-    if not items:
-        return None
-    out = {}
-    for it in items:
-        name, sep, val = it.partition("=")
-        try:
-            if not sep:
-                raise ValueError
-            out[name] = float(val)
-        except ValueError:
-            raise SquadError(f"--threshold {it!r}: expected CRITERION=VALUE, e.g. ethics=0.4") from None
-    return out
 
 
 def _render(c) -> str:
@@ -41,7 +27,7 @@ def cmd_correct(args) -> int:
         raise SquadError("use either --question/--answer or --input FILE, not both")
     if not args.input and not (args.question and args.answer):
         raise SquadError("give --question and --answer, or --input FILE --output FILE")
-    th = _thresholds(args.threshold)  # argument errors before the (slower) bundle load
+    th = parse_thresholds(args.threshold)  # argument errors before the (slower) bundle load
     if args.input and not args.output:
         raise SquadError("--input needs --output FILE")
     squad = Squad.load(args.bundle)

@@ -40,9 +40,9 @@ def register(sub) -> argparse.ArgumentParser:
 
 def cmd_batch(args) -> int:
     from squad.batch_data import load_batch_config, run_batch
-    from squad.cli import _thresholds
+    from squad.cli_args import parse_thresholds
 
-    th = _thresholds(args.threshold)
+    th = parse_thresholds(args.threshold)
     cfg = load_batch_config(args.config, args.overrides)
     s = run_batch(args.input, args.output, bundle=args.bundle, fmt=args.format, cfg=cfg, criteria=args.criteria,
                   thresholds=th, max_steps=args.max_steps, fail_closed=args.fail_closed,

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from squad.cli_args import parse_thresholds
 from squad.errors import SquadError
 
 
@@ -14,8 +15,9 @@ def cmd_eval(args) -> int:
 
     if args.suite and args.data:
         raise SquadError("use either --suite or --data, not both")
-    if not args.suite and (args.reuse or args.unlabelled or args.judge or args.labels):
-        raise SquadError("--reuse, --unlabelled, --labels and --judge go with --suite")
+    if not args.suite and (args.reuse or args.unlabelled or args.judge or args.labels or args.threshold):
+        raise SquadError("--reuse, --unlabelled, --labels, --judge and --threshold go with --suite")
+    parse_thresholds(args.threshold)  # argument errors before the (slower) bundle load
     squad = Squad.load(args.bundle)
     if args.suite:
         return _suites(squad, args)
@@ -41,12 +43,10 @@ def _suites(squad, args) -> int:
     from squad.eval.run import fingerprint, reuse_or_run
     from squad.eval.suites import SUITES, load_suite, suite_dir
 
-    from squad.cli import _thresholds
-
     names = list(SUITES) if args.suite == ["all"] else args.suite
     if len(names) > 1 and (args.unlabelled or args.labels):
         raise SquadError("--unlabelled and --labels take one --suite")
-    policy = squad.policy(thresholds=_thresholds(args.threshold))
+    policy = squad.policy(thresholds=parse_thresholds(args.threshold))
     judge = None
     if args.judge:
         from squad.eval.judge import Judge

@@ -216,3 +216,14 @@ def test_cli_runs_a_suite_saves_reuses_and_lists_unlabelled(tiny_bundle, tmp_pat
     assert main(base + ["--reuse", "--json"]) == 0
     grown = json.loads(capsys.readouterr().out)["mini"]
     assert grown["rows_run"] == 1 and grown["groups"]["all"]["n"] == 3
+
+
+def test_cli_argument_errors_come_before_any_model_loads(capsys):
+    from squad.cli import main
+
+    assert main(["eval", "--threshold", "ethics=0.4"]) == 2
+    assert "--threshold go with --suite" in capsys.readouterr().err
+    assert main(["eval", "--suite", "wild", "--threshold", "ethics"]) == 2
+    assert "--threshold 'ethics': expected CRITERION=VALUE" in capsys.readouterr().err
+    assert main(["eval", "--suite", "wild", "--data", "x.jsonl"]) == 2
+    assert "either --suite or --data" in capsys.readouterr().err
