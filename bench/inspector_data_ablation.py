@@ -114,8 +114,8 @@ def main() -> None:
     print("| inspector | " + " | ".join(before) + " |")
     print("|---" * (len(before) + 1) + "|")
     for name, f in (("shipped", before), ("retrained", after)):
-        print(f"| {name} | " + " | ".join(f"{fmt(v['auroc'])} ({fmt(v.get('false_flag', v.get('n')))})"
-                                          for v in f.values()) + " |")
+        print(f"| {name} | " + " | ".join(f"{fmt(v['auroc'])} (n={v['n']})" if "n" in v else
+                                          f"{fmt(v['auroc'])} ({fmt(v['false_flag'])})" for v in f.values()) + " |")
     Path(out / "ablation.json").write_text(json.dumps({"before": before, "after": after, "seconds": seconds,
                                                        "extra": [str(e) for e in a.extra]}, indent=2))
 
