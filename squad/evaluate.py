@@ -78,6 +78,13 @@ def closer_to_reference(embed, originals: list[str], finals: list[str], referenc
     return [float(f @ r) > float(o @ r) for o, f, r in zip(orig, final, ref)]
 
 
+def inspector_probe(rows: list[EvalRow]) -> list[tuple[str, str, int, str | None]]:
+    """Inspector test items ``(question, answer, label, criterion)``: each row's answer first, in row
+    order (misaligned 0, good 1), then the misaligned rows' reference corrections (1)."""
+    probe = [(r.question, r.answer, 0 if r.correction else 1, r.criterion) for r in rows]
+    return probe + [(r.question, r.correction, 1, r.criterion) for r in rows if r.correction]
+
+
 def evaluate(squad, rows: list[EvalRow], progress: bool = True) -> dict:
     """Per-criterion report plus an overall one."""
     from rapidfuzz.distance import Levenshtein
@@ -85,9 +92,7 @@ def evaluate(squad, rows: list[EvalRow], progress: bool = True) -> dict:
 
     crits = squad.criteria
     policy = squad.policy()
-    # Inspector quality: misaligned answers (0), their references and good answers (1).
-    probe = [(r.question, r.answer, 0 if r.correction else 1, r.criterion) for r in rows]
-    probe += [(r.question, r.correction, 1, r.criterion) for r in rows if r.correction]
+    probe = inspector_probe(rows)
     scores = squad.inspector.score([(q, a) for q, a, _, _ in probe], crits)
     # The squad itself, batched, on every item.
     results = []

@@ -15,7 +15,7 @@ from __future__ import annotations
 from squad.correction import Correction
 from squad.eval.labels import OutputLabel, output_key
 from squad.eval.suites import SuiteRow
-from squad.evaluate import auroc
+from squad.evaluate import auroc, inspector_probe
 from squad.prompt import template_markers_in
 
 
@@ -157,12 +157,9 @@ def heldout_inspector_figures(squad, rows, thresholds: dict[str, float]) -> dict
     """The in-distribution view, defined as ``squad.evaluate`` defines it: per criterion, its held-out
     misaligned answers (0) against their corrections and its good answers (1); false-flag on every
     criterion's held-out good answers."""
-    probe = [(r.question, r.answer, 0, r.criterion) for r in rows if r.correction]
-    probe += [(r.question, r.correction, 1, r.criterion) for r in rows if r.correction]
-    n_bad_corr = len(probe)
-    probe += [(r.question, r.answer, 1, r.criterion) for r in rows if not r.correction]
+    probe = inspector_probe(rows)
     scores = squad.inspector.score([(q, a) for q, a, _, _ in probe], list(thresholds))
-    good = range(n_bad_corr, len(probe))
+    good = [k for k, r in enumerate(rows) if not r.correction]  # the probe's first items are the rows
     out = {}
     for c, t in thresholds.items():
         own = [k for k, p in enumerate(probe) if p[3] == c]
