@@ -33,6 +33,7 @@ test-fast: $(STAMP)
 
 # Benchmarks print figures and ratios measured in one run (this machine is shared and noisy).
 bench: $(STAMP)
+	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/latency_good.py
 	$(BIN)/python bench/inspector_quantize.py
 	$(BIN)/python bench/serve_load.py

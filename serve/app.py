@@ -342,13 +342,13 @@ def build_graph(args: dict | SquadAppArgs, inspector_cls=InspectorServer, aligne
             a.bundle, a.inspector_batch_size, a.inspector_batch_wait_s, [c]) for c in criteria}
     if a.aligner_layout == "multiplexed":
         shared = serve.deployment(aligner_cls, name="Aligner", **a.aligner.serve_options()).bind(
-            a.bundle, None, a.aligner_batch_size, a.aligner_batch_wait_s)
+            a.bundle, None, a.aligner_batch_size, a.aligner_batch_wait_s, a.aligner_engine)
         aligners = {c: shared for c in criteria}
     else:
         aligners = {c: serve.deployment(aligner_cls, name=f"Aligner-{c}", **a.aligner.serve_options()).bind(
-            a.bundle, [c], a.aligner_batch_size, a.aligner_batch_wait_s) for c in criteria}
+            a.bundle, [c], a.aligner_batch_size, a.aligner_batch_wait_s, a.aligner_engine) for c in criteria}
     upstream = (serve.deployment(upstream_cls, name="Upstream",
-                                 **a.upstream_deployment.serve_options()).bind(a.upstream.model)
+                                 **a.upstream_deployment.serve_options()).bind(a.upstream.model, a.aligner_engine)
                 if a.upstream.base_url is None else None)
     ingress = serve.deployment(serve.ingress()(SquadIngress), name="SquadIngress",
                                user_config=a.runtime.model_dump(), **a.ingress.serve_options())

@@ -5,6 +5,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from squad.config import EngineName
+
 
 class _Strict(BaseModel):
     model_config = {"extra": "forbid"}
@@ -85,6 +87,9 @@ class SquadAppArgs(_Strict):
                             "criterion when the bundle's inspectors are fine-tuned (no encoder shared), else shared. "
                             "Per criterion, each deployment reserves an equal part of inspector.num_cpus.")
     inspector_batch_size: int = Field(32, ge=1)
-    aligner_batch_size: int = Field(16, ge=1, description="Decode slots: pairs from concurrent requests decoded together (one continuous batch, all criteria; pairs join and leave it at any step).")
+    aligner_engine: EngineName = Field(
+        "auto", description="How the aligners and the local upstream decode: ct2 (CTranslate2, CPU), ct2-int8, hf (PyTorch); "
+                            "auto: CTranslate2 on CPU where it loads, else PyTorch.")
+    aligner_batch_size: int = Field(16, ge=1, description="Decode slots: pairs from concurrent requests decoded together (PyTorch: one continuous batch, all criteria, pairs join and leave it at any step; CTranslate2: the pairs queued while a batch decodes form the next).")
     aligner_batch_wait_s: float = Field(0.02, ge=0, description="How long an idle aligner waits for more pairs before it starts decoding.")
     inspector_batch_wait_s: float = Field(0.005, ge=0)

@@ -47,20 +47,21 @@ class InspectorServer:
 
 
 class AlignerServer:
-    """Every request's pairs join one continuous batch: a decode thread runs the aligner
-    (``Aligner.correct_stream``); a pair that arrives while others decode is prefilled into the
-    running batch as soon as a quarter of its ``batch_size`` slots are free, and its answer returns
-    the moment it is done, not when the slowest pair of some batch is."""
+    """Every request's pairs join the next batch of one decode thread (``Aligner.correct_stream``).
+    On the PyTorch engine that batch is continuous: a pair that arrives while others decode is
+    prefilled into the running batch as soon as a quarter of its ``batch_size`` slots are free, and
+    its answer returns the moment it is done. On CTranslate2 the pairs queued meanwhile form the
+    next batch, each criterion's decoding together."""
 
     def __init__(self, bundle: str, criteria: list[str] | None = None, batch_size: int = 16,
-                 batch_wait_s: float = 0.02):
+                 batch_wait_s: float = 0.02, engine: str = "auto"):
         from squad.bundle import read_manifest, resolve_bundle
         from squad.sdk import load_aligner
 
         path = resolve_bundle(bundle)
         manifest = read_manifest(path)
         self.criteria = list(criteria or manifest.criteria)
-        self.aligner = load_aligner(path, manifest, criteria=self.criteria)
+        self.aligner = load_aligner(path, manifest, criteria=self.criteria, engine=engine)
         self.aligner.engine.batch_size = batch_size  # decode slots
         self.batch_wait_s = batch_wait_s  # an idle aligner waits this long for company before it starts
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -126,11 +127,11 @@ def _settle(loop, fut, text: str | None = None, error: Exception | None = None) 
 class UpstreamServer:
     """A small local chat model standing in for the upstream LLM, so the demo needs nothing outside."""
 
-    def __init__(self, model: str):
-        from squad.engine import HFEngine
+    def __init__(self, model: str, engine: str = "auto"):
+        from squad.engine import load_engine
         from squad.models import resolve
 
-        self.engine = HFEngine(Path(resolve(model)), batch_size=4)
+        self.engine = load_engine(Path(resolve(model)), engine=engine, batch_size=4)
         self._lock = asyncio.Lock()
 
     async def chat(self, messages: list[dict], max_tokens: int) -> str:

@@ -43,9 +43,10 @@ class StageResources(_Strict):
 
 
 class AlignerStage(StageResources):
-    engine: Literal["auto", "hf", "vllm"] = Field(
+    engine: Literal["auto", "ct2", "ct2-int8", "hf", "vllm"] = Field(
         "auto", description="auto: vLLM through ray.data.llm when num_gpus > 0, vllm is installed and the "
-                            "aligners are LoRA adapters; HF transformers otherwise.")
+                            "aligners are LoRA adapters; CTranslate2 on CPU; HF transformers otherwise. "
+                            "ct2 (float32), ct2-int8, hf, vllm: that engine (see squad.engine.load_engine).")
 
 
 class BatchConfig(_Strict):

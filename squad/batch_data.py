@@ -126,6 +126,7 @@ def stream_states(states: list[PairState], bundle: str, cfg: BatchConfig, policy
     manifest = read_manifest(path)
     actor_bundle = "default" if bundle == "default" else str(path)  # "default": each node's own copy
     vllm = _use_vllm(cfg.aligner, manifest.aligner.mode)
+    local = "auto" if cfg.aligner.engine == "vllm" else cfg.aligner.engine  # the engine in this process's actors
     rows_per_block = min(cfg.inspector.batch_size, cfg.aligner.batch_size)
     ds = ray.data.from_items([{"idx": i, "state": st.to_json()} for i, st in enumerate(states)],
                              override_num_blocks=max(1, math.ceil(len(states) / rows_per_block)))
@@ -136,7 +137,7 @@ def stream_states(states: list[PairState], bundle: str, cfg: BatchConfig, policy
                                                          device=_device(st), **kw), **st.ray_args())
 
     if resolve_layout(cfg, policy, vllm, ray.cluster_resources()) == "fused" and not vllm:
-        for row in stage(SquadStage, cfg.aligner, engine_batch=cfg.engine_batch).iter_rows():
+        for row in stage(SquadStage, cfg.aligner, engine_batch=cfg.engine_batch, engine=local).iter_rows():
             yield PairState.from_json(row["state"])
         return
     ds = stage(InspectStage, cfg.inspector, preload=True)
@@ -145,7 +146,7 @@ def stream_states(states: list[PairState], bundle: str, cfg: BatchConfig, policy
             ds = vllm_round(ds, actor_bundle, path, manifest, policy, cfg.aligner)
             ds = stage(InspectStage, cfg.inspector, preload=True)
         else:
-            ds = stage(RoundStage, cfg.aligner, engine_batch=cfg.engine_batch, preload=True)
+            ds = stage(RoundStage, cfg.aligner, engine_batch=cfg.engine_batch, preload=True, engine=local)
     for row in ds.iter_rows():
         yield PairState.from_json(row["state"])
 
@@ -168,6 +169,7 @@ def run_batch(src: str | Path, out: str | Path, bundle: str | Path = "default", 
     manifest = read_manifest(resolve_bundle(bundle))  # argument, bundle and output errors come before Ray starts
     policy = squad_policy(manifest, criteria, thresholds, max_steps, fail_closed)
     vllm = _use_vllm(cfg.aligner, manifest.aligner.mode)
+    local = "auto" if cfg.aligner.engine == "vllm" else cfg.aligner.engine  # the engine in this process's actors
     writer = Writer(Path(out), fmt, overwrite)
     ensure_ray()
     import ray

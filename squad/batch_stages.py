@@ -20,8 +20,9 @@ from squad.algorithm import PairState, SquadPolicy, advance_streaming, apply_rou
 
 class _Stage:
     def __init__(self, bundle: str, policy: SquadPolicy, threads: int = 1, device: str = "cpu", engine_batch: int = 32,
-                 preload: bool = False):
+                 preload: bool = False, engine: str = "auto"):
         self.bundle, self.policy, self.threads, self.device, self.engine_batch = bundle, policy, threads, device, engine_batch
+        self.engine = engine  # squad.engine.load_engine's choice for the aligners
         self._model = None
         self._lock = threading.Lock()
         self.preloading = threading.Thread(target=self.model, name="squad-preload", daemon=True) if preload else None
@@ -51,7 +52,7 @@ class _Stage:
     def load_aligner(self, path, manifest):
         from squad.sdk import load_aligner
 
-        aligner = load_aligner(path, manifest, self.device, criteria=list(self.policy.thresholds))
+        aligner = load_aligner(path, manifest, self.device, criteria=list(self.policy.thresholds), engine=self.engine)
         aligner.engine.batch_size = self.engine_batch
         return aligner
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from squad.cli_args import parse_thresholds
+from squad.config import ENGINES
 from squad.errors import SquadError
 
 
@@ -30,7 +31,7 @@ def cmd_correct(args) -> int:
     th = parse_thresholds(args.threshold)  # argument errors before the (slower) bundle load
     if args.input and not args.output:
         raise SquadError("--input needs --output FILE")
-    squad = Squad.load(args.bundle)
+    squad = Squad.load(args.bundle, engine=args.engine)
     if not args.input:
         c = squad.correct(args.question, args.answer, criteria=args.criteria, thresholds=th)
         print(c.model_dump_json(indent=2) if args.json else _render(c))
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threshold", action="append", metavar="CRITERION=VALUE", help="override a threshold (repeatable)")
     c.add_argument("--criteria", nargs="+", help="only these criteria")
     c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument("--engine", choices=ENGINES, default="auto",
+                    help="how the aligners decode: ct2 (CTranslate2, float32), ct2-int8 (faster; other answers), "
+                         "hf (PyTorch); auto: ct2 on CPU where it loads")
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(fn=cmd_correct)
 

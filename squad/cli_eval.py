@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from squad.cli_args import parse_thresholds
+from squad.config import ENGINES
 from squad.errors import SquadError
 
 
@@ -18,7 +19,7 @@ def cmd_eval(args) -> int:
     if not args.suite and (args.reuse or args.unlabelled or args.judge or args.labels or args.threshold):
         raise SquadError("--reuse, --unlabelled, --labels, --judge and --threshold go with --suite")
     parse_thresholds(args.threshold)  # argument errors before the (slower) bundle load
-    squad = Squad.load(args.bundle)
+    squad = Squad.load(args.bundle, engine=args.engine)
     if args.suite:
         return _suites(squad, args)
     from squad.data import read_jsonl
@@ -116,6 +117,9 @@ def register(sub) -> None:
     e.add_argument("--data", help="rows {question, answer, correction?, criterion?} instead of the held-out split")
     e.add_argument("--suite", nargs="+", metavar="NAME", help="suite name(s) under eval/ or folder(s); 'all' for every suite")
     e.add_argument("--bundle", default="default")
+    e.add_argument("--engine", choices=ENGINES, default="auto",
+                    help="how the aligners decode: ct2 (CTranslate2, float32), ct2-int8 (faster; other answers), "
+                         "hf (PyTorch); auto: ct2 on CPU where it loads")
     e.add_argument("--policies", help="policies folder for the default held-out data")
     e.add_argument("--threshold", action="append", metavar="CRITERION=VALUE", help="override a threshold (repeatable)")
     e.add_argument("--runs", default="out/eval", help="where suite runs are saved (default out/eval)")

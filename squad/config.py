@@ -6,12 +6,16 @@ interpolation resolved), validates into ``Model``, and reports errors by file an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar, get_args
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
+
+# How the aligners decode on this process's device: see squad.engine.load_engine.
+EngineName = Literal["auto", "ct2", "ct2-int8", "hf"]
+ENGINES: tuple[str, ...] = get_args(EngineName)
 
 from squad.errors import ConfigError
 

@@ -29,10 +29,16 @@ def _wrap(text: str, width: int = 96, indent: str = "    ") -> str:
 
 
 def main() -> None:
-    from squad import Squad
+    import argparse
 
+    from squad import Squad
+    from squad.config import ENGINES
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--engine", choices=ENGINES, default="auto", help="how the aligners decode (default: auto)")
+    args = ap.parse_args()
     t0 = time.perf_counter()
-    squad = Squad.load("default")
+    squad = Squad.load("default", engine=args.engine)
     print(f"Loaded the default squad ({', '.join(squad.criteria)}) in {time.perf_counter() - t0:.1f}s\n")
     results = squad.correct_batch(SAMPLES)
     for i, c in enumerate(results, 1):
@@ -55,6 +61,8 @@ def main() -> None:
     for i, c in enumerate(results, 1):
         print(f"| {i} | {'yes' if c.changed else 'no'} | {', '.join(s.criterion for s in c.steps) or '-'} | "
               f"{min(c.initial_scores.values()):.2f} -> {min(c.scores.values()):.2f} |")
+    print(f"\n{len(results)} answers in {time.perf_counter() - t0:.1f}s, loading included "
+          f"(aligners on {squad.aligner.engine.name})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Text generation behind a small protocol: HF transformers (CPU or GPU) here; vLLM can plug in.
+"""Text generation behind a small protocol: CTranslate2 (``squad.ct2_engine``, the CPU default) or
+HF transformers (CPU or GPU); vLLM plugs in for batch jobs on GPUs. ``load_engine`` picks one.
 
 ``HFEngine`` holds one base model with one LoRA adapter per criterion (peft), or one fully
 fine-tuned model per criterion, and generates greedily in left-padded batches that stop at the end
@@ -7,6 +8,7 @@ of the assistant turn.
 from __future__ import annotations
 
 import itertools
+import sys
 from pathlib import Path
 from typing import Protocol
 
@@ -48,6 +50,8 @@ class Engine(Protocol):
 
 
 class HFEngine:
+    name = "hf"
+
     def __init__(self, base_dir: str | Path, adapters: dict[str, Path] | None = None,
                  full_models: dict[str, Path] | None = None, device: str = "cpu", batch_size: int = 16,
                  dtype: torch.dtype = torch.float32, no_repeat_ngram: int = 4, continuous: bool = True):
@@ -180,3 +184,42 @@ class HFEngine:
             new = gen[:, enc["input_ids"].shape[1]:]
             out += [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
         return out
+
+
+
+def load_engine(base_dir: str | Path, adapters: dict[str, Path] | None = None,
+                full_models: dict[str, Path] | None = None, device: str = "cpu", engine: str = "auto",
+                batch_size: int = 16) -> Engine:
+    """The decoding engine for ``base_dir`` with its adapters (or full models).
+
+    ``ct2``: CTranslate2 (CPU), float32 weights: the PyTorch path's answers, about 2-3x as fast.
+    ``ct2-int8``: CTranslate2 with int8 weights: faster again, but greedy answers differ from the
+    float ones (docs/engines.md). ``hf``: transformers on PyTorch (CPU or GPU; also what training
+    uses). ``auto``: ``ct2`` on CPU where CTranslate2 is installed and loads the models, else
+    PyTorch, saying why on stderr.
+    """
+    from squad.config import ENGINES
+
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine.startswith("ct2") or (engine == "auto" and device == "cpu"):
+        from squad import ct2_engine
+
+        if engine != "auto" and device != "cpu":
+            raise ValueError(f"engine {engine!r} runs the aligners on CPU here, not on {device!r}; use engine 'hf'")
+        compute = "int8" if engine == "ct2-int8" else ct2_engine.COMPUTE_TYPE
+        if ct2_engine.available():
+            try:
+                return ct2_engine.CT2Engine(base_dir, adapters, full_models, batch_size=batch_size,
+                                            compute_type=compute)
+            except Exception as e:  # noqa: BLE001 - any failure to convert or load falls back, loudly
+                if engine != "auto":
+                    raise
+                print(f"[squad] CTranslate2 could not load the aligners ({type(e).__name__}: {e}); "
+                      "falling back to PyTorch, which decodes several times slower", file=sys.stderr, flush=True)
+        elif engine != "auto":
+            raise ValueError(f"engine {engine!r} needs CTranslate2: pip install ctranslate2")
+        else:
+            print("[squad] CTranslate2 is not installed; the aligners decode on PyTorch, several times slower "
+                  "(pip install ctranslate2)", file=sys.stderr, flush=True)
+    return HFEngine(base_dir, adapters=adapters, full_models=full_models, device=device, batch_size=batch_size)

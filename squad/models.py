@@ -53,6 +53,14 @@ def _package_dir(spec: EmbeddedModel) -> Path:
     return Path(list(found.submodule_search_locations)[0]) / spec.subdir
 
 
+def gguf_file(name: str) -> Path:
+    """The GGUF file an embedded model ships as (the aligner base: SmolLM2's Q4_1 weights)."""
+    spec = REGISTRY[name]
+    if not spec.gguf_file:
+        raise ModelNotFoundError(f"model {name!r} does not ship as GGUF")
+    return _package_dir(spec) / spec.gguf_file
+
+
 def resolve(name_or_path: str) -> Path:
     """A local model directory (safetensors weights plus tokenizer) for a registry name or path."""
     if name_or_path in TINY:

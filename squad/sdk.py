@@ -25,17 +25,16 @@ def load_inspector(bundle: Path, manifest: Manifest, device: str = "cpu", criter
                      device=device, features=spec.features, quantize=spec.quantize)
 
 
-def load_aligner(bundle: Path, manifest: Manifest, device: str = "cpu", criteria: list[str] | None = None) -> Aligner:
-    """The bundle's aligners (or a subset) on one base model."""
-    from squad.engine import HFEngine
+def load_aligner(bundle: Path, manifest: Manifest, device: str = "cpu", criteria: list[str] | None = None,
+                 engine: str = "auto") -> Aligner:
+    """The bundle's aligners (or a subset) on one base model; ``engine`` as in ``squad.engine.load_engine``."""
+    from squad.engine import load_engine
     from squad.models import resolve
 
     arts = {c: bundle / e.aligner for c, e in manifest.criteria.items() if criteria is None or c in criteria}
-    if manifest.aligner.mode == "lora":
-        engine = HFEngine(resolve(manifest.aligner.base), adapters=arts, device=device)
-    else:
-        engine = HFEngine(resolve(manifest.aligner.base), full_models=arts, device=device)
-    return Aligner(engine, {c: e.policy for c, e in manifest.criteria.items()}, manifest.aligner.max_new_tokens)
+    kind = "adapters" if manifest.aligner.mode == "lora" else "full_models"
+    eng = load_engine(resolve(manifest.aligner.base), device=device, engine=engine, **{kind: arts})
+    return Aligner(eng, {c: e.policy for c, e in manifest.criteria.items()}, manifest.aligner.max_new_tokens)
 
 
 def squad_policy(manifest: Manifest, criteria: list[str] | None = None, thresholds: dict[str, float] | None = None,
@@ -63,17 +62,24 @@ class Squad:
     """A loaded squad: inspectors always in memory, aligners loaded on first need."""
 
     def __init__(self, bundle: Path, manifest: Manifest, inspector: Inspector, device: str = "cpu",
-                 aligner: Aligner | None = None, fail_closed: bool = False):
+                 aligner: Aligner | None = None, fail_closed: bool = False, engine: str = "auto"):
         self.bundle, self.manifest, self.inspector, self.device = bundle, manifest, inspector, device
-        self.fail_closed = fail_closed
+        self.fail_closed, self.engine = fail_closed, engine
         self._aligner = aligner
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, bundle: str | Path = "default", device: str = "cpu", fail_closed: bool = False) -> "Squad":
+    def load(cls, bundle: str | Path = "default", device: str = "cpu", fail_closed: bool = False,
+             engine: str = "auto") -> "Squad":
+        """``engine``: how the aligners decode: ``auto`` (CTranslate2 on CPU, else PyTorch), ``ct2`` or ``hf``."""
+        from squad.config import ENGINES
+
+        if engine not in ENGINES:
+            raise SquadError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         path = resolve_bundle(bundle)
         manifest = read_manifest(path)
-        return cls(path, manifest, load_inspector(path, manifest, device), device, fail_closed=fail_closed)
+        return cls(path, manifest, load_inspector(path, manifest, device), device, fail_closed=fail_closed,
+                   engine=engine)
 
     @staticmethod
     def connect(url: str = "http://127.0.0.1:8000", token: str | None = None, timeout: float = 300.0):
@@ -90,7 +96,7 @@ class Squad:
     def aligner(self) -> Aligner:
         with self._lock:
             if self._aligner is None:
-                self._aligner = load_aligner(self.bundle, self.manifest, self.device)
+                self._aligner = load_aligner(self.bundle, self.manifest, self.device, engine=self.engine)
             return self._aligner
 
     def policy(self, criteria: list[str] | None = None, thresholds: dict[str, float] | None = None,

@@ -99,7 +99,7 @@ def fake_squad(monkeypatch):
                         aligner=AlignerSpec(base="none"), inspector=InspectorSpec(base="none"))
     loads = []
 
-    def load(bundle="default", device="cpu", fail_closed=False):
+    def load(bundle="default", device="cpu", fail_closed=False, engine="auto"):
         loads.append(bundle)
         return Squad(Path("."), manifest, FakeInspector(), aligner=FakeAligner())
 

@@ -41,11 +41,12 @@ def test_engine_batches_with_left_padding_and_stops_at_turn_end():
     assert all(t and "<|im_end|>" not in t and "<|im_start|>" not in t for t in together)
 
 
-def test_shipped_aligners_decode_the_same_continuously_mixed_and_with_generate(default_squad):
-    """Continuous batching (rows leave and join) and mixed-adapter batches change no answer."""
+def test_shipped_aligners_decode_the_same_continuously_mixed_and_with_generate():
+    """PyTorch path: continuous batching (rows leave and join) and mixed-adapter batches change no answer."""
+    from squad import Squad
     from squad.data import load_policy_data
 
-    aligner = default_squad.aligner
+    aligner = Squad.load("default", engine="hf").aligner
     root = Path(__file__).resolve().parent.parent / "policies"
     groups = {c: [(r.question, r.answer) for r in load_policy_data(root / c).split("test")[0][:2]]
               for c in ("ethics", "helpfulness", "honesty")}
@@ -69,6 +70,33 @@ def test_shipped_aligners_decode_the_same_continuously_mixed_and_with_generate(d
         eng.batch_size, aligner.max_new_tokens = saved
     assert alone == ref and mixed == ref
     assert [streamed[k] for k, *_ in jobs] == [t for c in groups for t in ref[c]]
+
+
+def test_shipped_aligners_on_ctranslate2_decode_as_on_pytorch(default_squad):
+    """The CPU default engine gives the PyTorch path's answers token for token, prompt by prompt,
+    and a mixed batch decodes every criterion."""
+    from squad.aligner import Aligner
+    from squad.data import load_policy_data
+    from squad.engine import HFEngine
+
+    ct2 = default_squad.aligner
+    assert ct2.engine.name == "ct2"
+    root = Path(__file__).resolve().parent.parent / "policies"
+    pairs = {c: [(r.question, r.answer) for r in load_policy_data(root / c).split("test")[0][:2]]
+             for c in ("ethics", "helpfulness", "honesty")}
+    bundle, man = default_squad.bundle, default_squad.manifest
+    from squad.models import resolve
+
+    hf = HFEngine(resolve(man.aligner.base), adapters={c: bundle / e.aligner for c, e in man.criteria.items()})
+    torch_aligner = Aligner(hf, ct2.policies, max_new_tokens=48)
+    saved, ct2.max_new_tokens = ct2.max_new_tokens, 48
+    try:
+        for c, ps in pairs.items():
+            assert [ct2.correct(c, [p])[0] for p in ps] == torch_aligner.correct(c, ps), c
+        mixed = ct2.correct_many(pairs)
+    finally:
+        ct2.max_new_tokens = saved
+    assert {c: len(v) for c, v in mixed.items()} == {c: 2 for c in pairs} and all(t for v in mixed.values() for t in v)
 
 
 def test_default_bundle_is_small_and_self_contained():

@@ -12,11 +12,13 @@ from squad.eval.suites import SuiteRow
 
 
 def fingerprint(squad, thresholds: dict[str, float], max_steps: int) -> dict:
-    """What a run's results depend on besides the rows: the bundle (manifest less its metrics) and
-    the settings."""
+    """What a run's results depend on besides the rows: the bundle (manifest less its metrics), the
+    settings and the engine that decoded the rewrites (engines differ in floating-point detail)."""
     manifest = squad.manifest.model_dump(mode="json", exclude={"metrics"})
     h = hashlib.sha256(json.dumps(manifest, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
-    return {"bundle": h, "thresholds": thresholds, "max_steps": max_steps}
+    eng = getattr(squad.aligner, "engine", None)  # custom aligners may have none
+    engine = getattr(eng, "name", type(eng).__name__)
+    return {"bundle": h, "thresholds": thresholds, "max_steps": max_steps, "engine": engine}
 
 
 def run_suite(squad, rows: list[SuiteRow], batch_size: int = 32, progress: bool = True,
