@@ -58,7 +58,7 @@ class BatchConfig(_Strict):
     chunk_rows: int = Field(2048, ge=1, description="Valid rows per streamed pipeline run; bounds driver memory.")
     inspector: StageResources = Field(default_factory=lambda: StageResources(batch_size=256))
     aligner: AlignerStage = Field(default_factory=lambda: AlignerStage(batch_size=256, num_cpus=0.3, torch_threads=2,
-                                                                         memory_gb=2.0))
+                                                                         memory_gb=3.5))
     engine_batch: int = Field(32, ge=1, description="Rows decoding together in an aligner actor (continuous batching slots).")
     progress: bool = Field(True, description="Show a progress bar over rows (stderr).")
 

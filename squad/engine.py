@@ -186,7 +186,6 @@ class HFEngine:
         return out
 
 
-
 def load_engine(base_dir: str | Path, adapters: dict[str, Path] | None = None,
                 full_models: dict[str, Path] | None = None, device: str = "cpu", engine: str = "auto",
                 batch_size: int = 16) -> Engine:

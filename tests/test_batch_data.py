@@ -259,7 +259,7 @@ def test_stage_resources_become_ray_actor_requests():
     from squad.batch_data import load_batch_config
 
     cfg = load_batch_config(None, ["aligner.num_gpus=0.5", "inspector.memory_gb=0"])
-    assert cfg.aligner.ray_args() == {"num_cpus": 0.3, "num_gpus": 0.5, "memory": 2 * 2**30}
+    assert cfg.aligner.ray_args() == {"num_cpus": 0.3, "num_gpus": 0.5, "memory": int(3.5 * 2**30)}
     assert cfg.inspector.ray_args() == {"num_cpus": 0.25}  # no GPU, no memory reservation
     with pytest.raises(Exception, match="memory_gb"):
         load_batch_config(None, ["aligner.memory_gb=-1"])
