@@ -2,7 +2,7 @@
 
 CTranslate2 has no LoRA support, so each criterion's adapter is merged into the base once and the
 merged model converted; the result is cached under ``$SQUAD_CACHE/ct2/<key>/<criterion>``, keyed by
-the base and the adapter files, like the GGUF-to-safetensors cache in ``squad.models``. The weights
+the base and the adapter (or full model) files, like the GGUF-to-safetensors cache in ``squad.models``. The weights
 are stored as float32 and run as float32 by default, which gives the PyTorch path's greedy outputs
 token for token; ``compute_type="int8"`` quantises them at load time, faster but with different
 outputs (``bench/engines.py`` measures both).
@@ -33,9 +33,11 @@ def _key(base_dir: Path, sources: dict[str | None, Path], merge: bool) -> str:
         h.update(f"{name}\n".encode())
         files += sorted(p for p in Path(src).iterdir() if p.suffix in (".json", ".safetensors"))
     for f in files:
-        h.update(f"{f.name} {f.stat().st_size}\n".encode())
-        if f.stat().st_size < 64 << 20:  # adapters and configs by content; a base's weights by size
-            h.update(hashlib.sha256(f.read_bytes()).digest())
+        st = f.stat()
+        if st.st_size < 64 << 20:  # adapters and configs by content
+            h.update(f"{f.name} {st.st_size}\n".encode() + hashlib.sha256(f.read_bytes()).digest())
+        else:  # full models' weights by size and modification time (hashing 0.5 GB per load is slow)
+            h.update(f"{f.name} {st.st_size} {st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -62,13 +64,14 @@ def convert(base_dir: Path, adapters: dict[str, Path] | None = None,
 
 
 def _convert_one(base_dir: Path, src: Path, dest: Path, merge: bool) -> None:
-    import ctranslate2
+    import os
 
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model_dir = src
+    import ctranslate2
     from transformers.utils import logging as hf_logging
 
+    tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")  # processes converting at once do not collide
+    shutil.rmtree(tmp, ignore_errors=True)
+    model_dir = src
     hf_logging.disable_progress_bar()  # a one-off conversion: the line above says what happens
     try:
         if merge:
@@ -79,9 +82,13 @@ def _convert_one(base_dir: Path, src: Path, dest: Path, merge: bool) -> None:
     finally:
         hf_logging.enable_progress_bar()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(dest, ignore_errors=True)
-    (tmp / "ct2").rename(dest)
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        (tmp / "ct2").rename(dest)
+    except OSError:  # another process finished first; keep its copy
+        if not (dest / "model.bin").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _merge(base_dir: Path, adapter: Path, out: Path) -> None:
