@@ -13,7 +13,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from squad.models import cache_dir, load_tokenizer
+from squad.models import cache_dir, load_tokenizer, turn_stop_ids
 
 COMPUTE_TYPE = "float32"
 
@@ -133,9 +133,7 @@ class CT2Engine:
         self.models = {name: ctranslate2.Generator(str(path), device="cpu", compute_type=compute_type,
                                                    inter_threads=self.threads, intra_threads=1)
                        for name, path in convert(Path(base_dir), adapters, full_models).items()}
-        tok = self.tokenizer
-        stops = {tok.eos_token_id, *(tok.convert_tokens_to_ids(s) for s in ("<|im_end|>", "<|endoftext|>"))}
-        self.stop_ids = sorted(i for i in stops if isinstance(i, int) and i != tok.unk_token_id)
+        self.stop_ids = turn_stop_ids(self.tokenizer)
 
     def _generator(self, adapter: str | None):
         if adapter not in self.models:

@@ -57,7 +57,7 @@ class HFEngine:
                  dtype: torch.dtype = torch.float32, no_repeat_ngram: int = 4, continuous: bool = True):
         from transformers import AutoModelForCausalLM
 
-        from squad.models import load_tokenizer
+        from squad.models import load_tokenizer, turn_stop_ids
 
         self.device, self.batch_size, self.no_repeat_ngram = device, batch_size, no_repeat_ngram
         self.continuous = continuous  # continuous batching (squad.decode); False: transformers' generate
@@ -78,16 +78,7 @@ class HFEngine:
             self.models[None] = base.to(device).eval()
         for name, path in (full_models or {}).items():
             self.models[name] = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        self.stop_ids = self._stop_ids()
-
-    def _stop_ids(self) -> list[int]:
-        tok = self.tokenizer
-        ids = {tok.eos_token_id}
-        for s in ("<|im_end|>", "<|endoftext|>"):
-            i = tok.convert_tokens_to_ids(s)
-            if isinstance(i, int) and i != tok.unk_token_id:
-                ids.add(i)
-        return sorted(i for i in ids if i is not None)
+        self.stop_ids = turn_stop_ids(self.tokenizer)
 
     @torch.inference_mode()
     def generate_mixed(self, prompts: list[str], adapters: list[str], max_new_tokens: int = 128) -> list[str]:

@@ -138,3 +138,13 @@ def load_tokenizer(path: Path, padding_side: str = "right"):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def turn_stop_ids(tokenizer) -> list[int]:
+    """Token ids that end generation: the tokenizer's EOS and the chat template's end-of-turn tokens."""
+    ids = {tokenizer.eos_token_id}
+    for s in ("<|im_end|>", "<|endoftext|>"):
+        i = tokenizer.convert_tokens_to_ids(s)
+        if isinstance(i, int) and i != tokenizer.unk_token_id:
+            ids.add(i)
+    return sorted(i for i in ids if i is not None)
