@@ -18,9 +18,9 @@ import torch
 
 
 def kept_rewrites(run_file: Path, labels: dict) -> list[dict]:
-    from squad.correction import Correction
+    from squad.core.correction import Correction
     from squad.eval.labels import output_key
-    from squad.prompt import strip_markup
+    from squad.core.prompt import strip_markup
 
     out = []
     lines = run_file.read_text(encoding="utf-8").splitlines()[1:]
@@ -49,7 +49,7 @@ def mean_logprob(engine, aligner, items: list[dict]) -> list[float]:
         p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         r_ids = tok(it["rewrite"], add_special_tokens=False)["input_ids"]
         ids = torch.tensor([p_ids + r_ids])
-        model = engine._model_for(it["criterion"])
+        model = engine.model_for(it["criterion"])
         logits = model(input_ids=ids).logits[0, len(p_ids) - 1:-1].float()
         lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(r_ids)[:, None]).squeeze(1)
         scores.append(float(lp.mean()))
@@ -58,8 +58,8 @@ def mean_logprob(engine, aligner, items: list[dict]) -> list[float]:
 
 def main() -> None:
     from squad.eval.labels import load_labels
-    from squad.evaluate import auroc
-    from squad.sdk import Squad
+    from squad.eval.metrics import auroc
+    from squad.sdk.local import Squad
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suites", nargs="+", default=["wild", "outputs", "upstream", "true-but-suspicious"])

@@ -38,9 +38,9 @@ def main() -> None:
     import ray
 
     from squad import Squad
-    from squad.batch_data import ensure_ray, load_batch_config, resolve_layout, run_batch
-    from squad.bundle import read_manifest, resolve_bundle
-    from squad.sdk import squad_policy
+    from squad.batch.pipeline import ensure_ray, load_batch_config, resolve_layout, run_batch
+    from squad.models.bundle import read_manifest, resolve_bundle
+    from squad.sdk.local import squad_policy
 
     rows = workload(args.rows)
     cfg = load_batch_config(None, ["progress=false", *args.overrides])

@@ -3,7 +3,7 @@
 Every candidate decodes the same held-out aligner prompts (misaligned answers of every criterion,
 mixed) greedily with the shipped adapters, each in its own process (so peak memory is its own):
 
-- ``torch``: transformers + peft, the hand-written continuous batch (``squad.decode``): the baseline;
+- ``torch``: transformers + peft, the hand-written continuous batch (``squad.aligner.decode``): the baseline;
 - ``ct2``: CTranslate2, adapters merged per criterion, float32 (the CPU default);
 - ``ct2-int8``: the same models with CTranslate2's int8 weights;
 - ``llama.cpp`` (with ``--llama-python``): llama-cpp-python, the shipped Q4_1 GGUF base with each
@@ -37,10 +37,10 @@ CRITERIA = ("ethics", "helpfulness", "honesty")
 
 def prompts(rows: int) -> tuple[list[str], list[str]]:
     """``rows`` held-out aligner prompts, criteria interleaved."""
-    from squad.bundle import read_manifest, resolve_bundle
-    from squad.data import load_policy_data
-    from squad.models import load_tokenizer, resolve
-    from squad.prompt import build_prompt
+    from squad.models.bundle import read_manifest, resolve_bundle
+    from squad.data.rows import load_policy_data
+    from squad.models.registry import load_tokenizer, resolve
+    from squad.core.prompt import build_prompt
 
     man = read_manifest(resolve_bundle("default"))
     tok = load_tokenizer(resolve(man.aligner.base))
@@ -81,8 +81,8 @@ def _timed_runs(generate, first_token, ps, cs, single: int, batches: list[int], 
 
 def worker_squad(kind: str, args) -> dict:
     """torch, ct2 and ct2-int8: the project's own engines."""
-    from squad.bundle import read_manifest, resolve_bundle
-    from squad.models import resolve
+    from squad.models.bundle import read_manifest, resolve_bundle
+    from squad.models.registry import resolve
 
     bundle = resolve_bundle("default")
     man = read_manifest(bundle)
@@ -90,11 +90,11 @@ def worker_squad(kind: str, args) -> dict:
     base = resolve(man.aligner.base)
     t0 = time.perf_counter()
     if kind == "torch":
-        from squad.engine import HFEngine
+        from squad.aligner.engine import HFEngine
 
         eng = HFEngine(base, adapters=adapters, batch_size=max(args.batches))
     else:
-        from squad.ct2_engine import CT2Engine
+        from squad.aligner.ct2_engine import CT2Engine
 
         eng = CT2Engine(base, adapters=adapters, batch_size=max(args.batches),
                         compute_type="int8" if kind == "ct2-int8" else "float32")
@@ -159,7 +159,7 @@ def worker_ort_genai(args) -> dict:
     """ONNX Runtime GenAI: one model per criterion, built with its model builder."""
     import onnxruntime_genai as og
 
-    from squad.models import load_tokenizer, resolve
+    from squad.models.registry import load_tokenizer, resolve
 
     tok = load_tokenizer(resolve("smollm2-135m-instruct"))
     ps, cs = prompts(args.rows)
@@ -218,9 +218,9 @@ def read_bandwidth_gb_s(size_mb: int = 1024, repeats: int = 5) -> float:
 
 def ct2_weight_bytes() -> int:
     """Bytes of the ethics aligner's CTranslate2 model: what one decode step reads at batch 1."""
-    from squad.bundle import read_manifest, resolve_bundle
-    from squad.ct2_engine import convert
-    from squad.models import resolve
+    from squad.models.bundle import read_manifest, resolve_bundle
+    from squad.aligner.ct2_engine import convert
+    from squad.models.registry import resolve
 
     bundle = resolve_bundle("default")
     man = read_manifest(bundle)
@@ -270,7 +270,7 @@ def main() -> None:
         print(json.dumps(res))
         return
 
-    from squad.models import gguf_file
+    from squad.models.registry import gguf_file
 
     if args.gguf_dir and not args.gguf_base:
         args.gguf_base = str(gguf_file("smollm2-135m-instruct"))

@@ -22,11 +22,11 @@ import torch
 
 
 def train_inspector(criterion: str, extra: list[Path], out_bundle: Path, threads: int) -> float:
-    from squad.config import load_config
-    from squad.data import LabeledRow, inspector_rows, is_heldout, load_policy_data, read_jsonl
-    from squad.inspector import Head, feature_dim, load_heads, save_heads
-    from squad.models import load_tokenizer, resolve
-    from squad.policy import load_policies
+    from squad.config.loading import load_config
+    from squad.data.rows import LabeledRow, inspector_rows, is_heldout, load_policy_data, read_jsonl
+    from squad.inspector.classifier import Head, feature_dim, load_heads, save_heads
+    from squad.models.registry import load_tokenizer, resolve
+    from squad.config.policy import load_policies
     from squad.train.config import TrainConfig
     from squad.train.inspector_loop import finetuned_encoder, fit_finetuned
 
@@ -65,12 +65,12 @@ def spec_dim(bundle: Path) -> int:
 
 def figures(bundle, criterion: str) -> dict:
     """AUROC / false-flag on the held-out split and on every suite's inputs; AUROC on labelled rewrites."""
-    from squad.correction import Correction
+    from squad.core.correction import Correction
     from squad.eval.labels import load_labels, output_key
     from squad.eval.report import heldout_inspector_figures
     from squad.eval.suites import SUITES, load_suite
-    from squad.evaluate import auroc, heldout_rows
-    from squad.sdk import Squad
+    from squad.eval.metrics import auroc, heldout_rows
+    from squad.sdk.local import Squad
 
     squad = Squad.load(bundle)
     th = {criterion: squad.manifest.criteria[criterion].policy.threshold}

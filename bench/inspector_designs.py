@@ -37,11 +37,11 @@ def main() -> None:
 
     from transformers import AutoModel
 
-    from squad.data import inspector_rows, load_policy_data
-    from squad.evaluate import auroc
-    from squad.inspector import Head, Inspector, save_heads
-    from squad.models import load_tokenizer, resolve
-    from squad.policy import load_policies
+    from squad.data.rows import inspector_rows, load_policy_data
+    from squad.eval.metrics import auroc
+    from squad.inspector.classifier import Head, Inspector, save_heads
+    from squad.models.registry import load_tokenizer, resolve
+    from squad.config.policy import load_policies
     from squad.train.config import InspectorTrain
     from squad.train.inspector_loop import embed_pairs, finetuned_encoder, fit_finetuned, fit_head
 

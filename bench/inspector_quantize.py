@@ -26,9 +26,9 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=60)
     args = ap.parse_args()
 
-    from squad.bundle import read_manifest, resolve_bundle
-    from squad.evaluate import auroc, heldout_rows
-    from squad.sdk import load_inspector
+    from squad.models.bundle import read_manifest, resolve_bundle
+    from squad.eval.metrics import auroc, heldout_rows
+    from squad.sdk.local import load_inspector
 
     path = resolve_bundle(args.bundle)
     manifest = read_manifest(path)

@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from squad import Squad
-    from squad.data import load_policy_data
+    from squad.data.rows import load_policy_data
 
     squad = Squad.load(args.bundle)
     goods = [r for c in squad.criteria for r in load_policy_data(ROOT / "policies" / c).split("test")[1]]

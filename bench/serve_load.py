@@ -29,7 +29,7 @@ from common import p50, p99  # noqa: E402
 def workload(n: int, seed: int = 0, references: bool = False) -> list[dict] | tuple[list[dict], list[str | None]]:
     """``n`` held-out pairs alternating good, misaligned; with ``references``, also each pair's
     reference correction (None for good pairs)."""
-    from squad.data import load_policy_data
+    from squad.data.rows import load_policy_data
 
     good, bad = [], []
     for c in ("ethics", "helpfulness", "honesty"):
@@ -47,12 +47,12 @@ def workload(n: int, seed: int = 0, references: bool = False) -> list[dict] | tu
 def quality(squad, pairs: list[tuple[str, str]], refs: list[str | None], answers: list[str]) -> str:
     """Share passing every inspector; win rate against the references on misaligned pairs (as in
     ``squad eval``); alignment tax (share changed) on good pairs."""
-    from squad.evaluate import _Embedder, closer_to_reference
+    from squad.eval.metrics import Embedder, closer_to_reference
 
     scores = squad.inspector.score([(q, a) for (q, _), a in zip(pairs, answers)])
     passing = sum(all(s[c] >= 0.5 for c in s) for s in scores) / len(scores)
     bad = [k for k, r in enumerate(refs) if r]
-    wins = sum(closer_to_reference(_Embedder(), [pairs[k][1] for k in bad], [answers[k] for k in bad],
+    wins = sum(closer_to_reference(Embedder(), [pairs[k][1] for k in bad], [answers[k] for k in bad],
                                    [refs[k] for k in bad])) / len(bad)
     good = [k for k, r in enumerate(refs) if not r]
     tax = sum(answers[k] != pairs[k][1] for k in good) / len(good)

@@ -36,9 +36,10 @@ def main() -> None:
     import torch
 
     from squad import Squad
-    from squad.config import load_config
-    from squad.evaluate import evaluate
-    from squad.sweep import Evaluator, SweepConfig, load_rows, run_sweep
+    from squad.config.loading import load_config
+    from squad.eval.metrics import evaluate
+    from squad.sweep import SweepConfig, run_sweep
+    from squad.sweep.evaluator import Evaluator, load_rows
 
     out = tempfile.mkdtemp(prefix="sweep_cost_")
     rows_opt = [f"squad.rows={args.rows}"] if args.rows else []

@@ -11,7 +11,6 @@ import logging
 import os
 import time
 import uuid
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,13 +19,13 @@ from starlette.middleware.base import BaseHTTPMiddleware
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from squad.algorithm import run_squad
-from squad.bundle import read_manifest, resolve_bundle
+from squad.core.algorithm import run_squad
+from squad.models.bundle import read_manifest, resolve_bundle
 from squad.errors import SquadError
 from squad.serve.config import RuntimeConfig, SquadAppArgs
 from squad.serve.deployments import AlignerServer, InspectorServer, UpstreamServer
 from squad.serve.schemas import ChatRequest, CorrectRequest, InspectRequest
-from squad.sdk import squad_policy
+from squad.sdk.local import squad_policy
 
 logger = logging.getLogger("ray.serve")
 

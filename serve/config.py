@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from squad.config import EngineName
+from squad.config.loading import EngineName
 
 
 class _Strict(BaseModel):

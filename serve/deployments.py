@@ -22,8 +22,8 @@ from ray import serve
 class InspectorServer:
     def __init__(self, bundle: str, batch_size: int = 32, batch_wait_s: float = 0.005,
                  criteria: list[str] | None = None):
-        from squad.bundle import read_manifest, resolve_bundle
-        from squad.sdk import load_inspector
+        from squad.models.bundle import read_manifest, resolve_bundle
+        from squad.sdk.local import load_inspector
 
         path = resolve_bundle(bundle)
         self.inspector = load_inspector(path, read_manifest(path), criteria=criteria)
@@ -55,8 +55,8 @@ class AlignerServer:
 
     def __init__(self, bundle: str, criteria: list[str] | None = None, batch_size: int = 16,
                  batch_wait_s: float = 0.02, engine: str = "auto"):
-        from squad.bundle import read_manifest, resolve_bundle
-        from squad.sdk import load_aligner
+        from squad.models.bundle import read_manifest, resolve_bundle
+        from squad.sdk.local import load_aligner
 
         path = resolve_bundle(bundle)
         manifest = read_manifest(path)
@@ -128,14 +128,14 @@ class UpstreamServer:
     """A small local chat model standing in for the upstream LLM, so the demo needs nothing outside."""
 
     def __init__(self, model: str, engine: str = "auto"):
-        from squad.engine import load_engine
-        from squad.models import resolve
+        from squad.aligner.engine import load_engine
+        from squad.models.registry import resolve
 
         self.engine = load_engine(Path(resolve(model)), engine=engine, batch_size=4)
         self._lock = asyncio.Lock()
 
     async def chat(self, messages: list[dict], max_tokens: int) -> str:
-        from squad.prompt import chat_prompt
+        from squad.core.prompt import chat_prompt
 
         prompt = chat_prompt(self.engine.tokenizer, messages)
         async with self._lock:

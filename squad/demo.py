@@ -32,7 +32,7 @@ def main() -> None:
     import argparse
 
     from squad import Squad
-    from squad.config import ENGINES
+    from squad.config.loading import ENGINES
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--engine", choices=ENGINES, default="auto", help="how the aligners decode (default: auto)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import netrc
 import os
 
+QUIET_WANDB = {"silent": True, "console": "off"}  # wandb.init settings: no banner, no console capture
+
 
 def logged_in() -> bool:
     if os.environ.get("WANDB_API_KEY"):
@@ -32,4 +34,4 @@ def init_run(project: str, name: str, mode: str, config: dict, directory: str | 
     if directory:
         os.makedirs(directory, exist_ok=True)
     return wandb.init(project=project, name=name, mode=mode, config=config, dir=directory, group=group,
-                      reinit="finish_previous", settings=wandb.Settings(silent=True, console="off"))
+                      reinit="finish_previous", settings=QUIET_WANDB)

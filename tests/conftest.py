@@ -29,7 +29,7 @@ def ray_cluster():
 @pytest.fixture(scope="session")
 def tiny_bundle(ray_cluster, tmp_path_factory) -> Path:
     """A bundle trained end to end on tiny random models through the real Ray Train launcher."""
-    from squad.config import load_config
+    from squad.config.loading import load_config
     from squad.train.config import TrainConfig
     from squad.train.launcher import train_squad
 

@@ -1,4 +1,4 @@
-"""``squad batch`` (squad/batch_data.py): Ray Data batch correction on the tiny bundle.
+"""``squad batch`` (squad/batch/pipeline.py): Ray Data batch correction on the tiny bundle.
 
 One 200-row JSON Lines job with malformed rows runs once for the module (through the CLI); the
 tests check its accounting, its error rows and that its results equal ``Squad.correct_batch``.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from squad.cli_batch import register
+from squad.cli.batch import register
 from squad.errors import SquadError
 
 pytestmark = pytest.mark.ray
@@ -105,7 +105,7 @@ def test_results_equal_the_sdk(job, tiny_bundle: Path):
 def test_fused_layout_equals_the_staged_pipeline_and_the_sdk(tmp_path: Path, tiny_bundle: Path):
     """layout=fused runs every round in one actor pool; up to 3 rounds, rows with and without work."""
     from squad import Squad
-    from squad.batch_data import load_batch_config, run_batch
+    from squad.batch.pipeline import load_batch_config, run_batch
 
     th = {"ethics": 1.0, "helpfulness": 1.0, "honesty": 0.0}  # two forced rounds, then max_steps
     src = tmp_path / "in.jsonl"
@@ -129,7 +129,7 @@ def test_parquet_round_trip(tiny_bundle: Path, tmp_path: Path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from squad.batch_data import load_batch_config, run_batch
+    from squad.batch.pipeline import load_batch_config, run_batch
 
     rows = [_row(i) for i in range(12)]
     rows[4] = {"question": "Q?", "answer": "", "id": 4}
@@ -149,8 +149,8 @@ def test_parquet_round_trip(tiny_bundle: Path, tmp_path: Path):
 
 def test_chunks_bound_memory_and_keep_order(tmp_path: Path, tiny_bundle: Path):
     """Chunking and output order, with the pipeline replaced by the in-process run_squad (no Ray Data work)."""
-    from squad.algorithm import run_squad
-    from squad.batch_data import load_batch_config, run_batch
+    from squad.core.algorithm import run_squad
+    from squad.batch.pipeline import load_batch_config, run_batch
 
     sizes = []
 
@@ -172,7 +172,7 @@ def test_chunks_bound_memory_and_keep_order(tmp_path: Path, tiny_bundle: Path):
 
 
 def test_clear_errors_before_any_work(tmp_path: Path, tiny_bundle: Path):
-    from squad.batch_data import load_batch_config, run_batch
+    from squad.batch.pipeline import load_batch_config, run_batch
 
     cfg = load_batch_config(None, ["progress=false"])
     with pytest.raises(SquadError, match="input not found"):
@@ -211,9 +211,9 @@ def test_stages_step_like_run_squad_and_skip_rows_without_work(tiny_bundle: Path
     import numpy as np
 
     from squad import Squad
-    from squad.algorithm import PairState
-    from squad.batch_stages import InspectStage, RoundStage
-    from squad.sdk import squad_policy
+    from squad.core.algorithm import PairState
+    from squad.batch.stages import InspectStage, RoundStage
+    from squad.sdk.local import squad_policy
 
     squad = Squad.load(tiny_bundle)
     policy = squad_policy(squad.manifest, thresholds=TH, max_steps=1)
@@ -246,8 +246,8 @@ def test_stages_step_like_run_squad_and_skip_rows_without_work(tiny_bundle: Path
     ("auto", 7, 0, ["aligner.memory_gb=24"], "fused"),      # 0.75 + 3 x 24 GiB do not
 ])
 def test_auto_layout_stages_only_when_every_stage_can_run_at_once(layout, cpus, gpus, overrides, want):
-    from squad.algorithm import SquadPolicy
-    from squad.batch_data import load_batch_config, resolve_layout
+    from squad.core.algorithm import SquadPolicy
+    from squad.batch.pipeline import load_batch_config, resolve_layout
 
     cfg = load_batch_config(None, [f"layout={layout}", *overrides])
     policy = SquadPolicy(thresholds=dict.fromkeys(TH, 0.5), max_steps=3)
@@ -256,7 +256,7 @@ def test_auto_layout_stages_only_when_every_stage_can_run_at_once(layout, cpus, 
 
 
 def test_stage_resources_become_ray_actor_requests():
-    from squad.batch_data import load_batch_config
+    from squad.batch.pipeline import load_batch_config
 
     cfg = load_batch_config(None, ["aligner.num_gpus=0.5", "inspector.memory_gb=0"])
     assert cfg.aligner.ray_args() == {"num_cpus": 0.3, "num_gpus": 0.5, "memory": int(3.5 * 2**30)}
@@ -272,12 +272,12 @@ def test_vllm_round_wiring_against_the_installed_ray_data_llm(tiny_bundle: Path)
     import numpy as np
     import ray
 
-    from squad.algorithm import PairState
-    from squad.batch_data import load_batch_config
-    from squad.batch_stages import VllmApply, VllmPrompts, vllm_round
-    from squad.bundle import read_manifest
-    from squad.models import resolve
-    from squad.sdk import squad_policy
+    from squad.core.algorithm import PairState
+    from squad.batch.pipeline import load_batch_config
+    from squad.batch.stages import VllmApply, VllmPrompts, vllm_round
+    from squad.models.bundle import read_manifest
+    from squad.models.registry import resolve
+    from squad.sdk.local import squad_policy
 
     manifest = read_manifest(tiny_bundle)
     policy = squad_policy(manifest, thresholds=TH, max_steps=1)

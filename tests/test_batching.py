@@ -1,10 +1,9 @@
 """Length-grouped inspector batches and inspector gradient checkpointing."""
 import random
 
-import pytest
 import torch
 
-from squad import models
+from squad.models import registry as models
 from squad.train.batching import length_grouped
 
 
@@ -32,7 +31,7 @@ def test_length_grouped_handles_tiny_inputs():
 
 def test_inspector_gradient_checkpointing_trains_the_same_weights():
     """inspector.gradient_checkpointing only trades compute for memory: the same adapter and head."""
-    from squad.inspector import Head
+    from squad.inspector.classifier import Head
     from squad.train.config import InspectorTrain
     from squad.train.inspector_loop import finetuned_encoder, fit_finetuned
 

@@ -1,4 +1,4 @@
-"""The ``squad`` command line (squad/cli.py): help, argument errors, and correct on a fake squad."""
+"""The ``squad`` command line (squad/cli/main.py): help, argument errors, and correct on a fake squad."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from squad.cli import build_parser, main
-from squad.correction import Correction
+from squad.cli.main import build_parser, main
+from squad.core.correction import Correction
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,9 +90,9 @@ class FakeAligner:
 
 @pytest.fixture
 def fake_squad(monkeypatch):
-    from squad.bundle import AlignerSpec, CriterionEntry, InspectorSpec, Manifest
-    from squad.policy import load_policies
-    from squad.sdk import Squad
+    from squad.models.bundle import AlignerSpec, CriterionEntry, InspectorSpec, Manifest
+    from squad.config.policy import load_policies
+    from squad.sdk.local import Squad
 
     policies = load_policies(ROOT / "policies")
     manifest = Manifest(criteria={c: CriterionEntry(policy=p, aligner=f"aligner/{c}") for c, p in policies.items()},

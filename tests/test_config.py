@@ -1,4 +1,4 @@
-"""Configs (squad/config.py with squad/train/config.py) and policies (squad/policy.py)."""
+"""Configs (squad/config/loading.py with squad/train/config.py) and policies (squad/config/policy.py)."""
 from __future__ import annotations
 
 import re
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from squad.config import load_config
+from squad.config.loading import load_config
 from squad.errors import ConfigError, SquadError
-from squad.policy import Policy, load_policies, load_policy
+from squad.config.policy import Policy, load_policies, load_policy
 from squad.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from squad.ct2_engine import CT2Engine, convert
-from squad.engine import HFEngine, load_engine
-from squad.models import resolve
+from squad.aligner.ct2_engine import CT2Engine, convert
+from squad.aligner.engine import HFEngine, load_engine
+from squad.models.registry import resolve
 
 PAIRS = [("How do I reset my router?", "Unplug it."), ("Is the earth flat?", "Yes, it is flat."),
          ("What is 2+2?", "It is 5."), ("Name a colour.", "Blue"), ("Why is the sky blue?", "Scattering of light.")]
@@ -14,14 +14,14 @@ PAIRS = [("How do I reset my router?", "Unplug it."), ("Is the earth flat?", "Ye
 
 @pytest.fixture(scope="module")
 def adapters(tiny_bundle):
-    from squad.bundle import read_manifest
+    from squad.models.bundle import read_manifest
 
     man = read_manifest(tiny_bundle)
     return {c: tiny_bundle / e.aligner for c, e in man.criteria.items()}
 
 
 def _prompts(tok, n=len(PAIRS)):
-    from squad.prompt import build_prompt
+    from squad.core.prompt import build_prompt
 
     return [build_prompt(tok, "Fix the answer.", q, a) for q, a in PAIRS[:n]]
 

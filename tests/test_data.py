@@ -1,4 +1,4 @@
-"""JSON Lines data (squad/data.py): strict reading, error messages, the held-out split, seed data."""
+"""JSON Lines data (squad/data/rows.py): strict reading, error messages, the held-out split, seed data."""
 from __future__ import annotations
 
 import hashlib
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from squad.data import (CorrectionRow, LabeledRow, PairRow, PolicyData, inspector_rows, is_heldout, iter_jsonl,
+from squad.data.rows import (CorrectionRow, LabeledRow, PairRow, PolicyData, inspector_rows, is_heldout, iter_jsonl,
                         load_policy_data, read_jsonl)
 from squad.errors import DataError, SquadError
-from squad.policy import load_policies, repo_policies_dir
+from squad.config.policy import load_policies, default_policies_dir
 
 
 def write(path: Path, lines: list) -> Path:
@@ -277,7 +277,7 @@ def test_inspector_rows_labels(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The real seed data (policies/)
 
-POLICY_DIRS = sorted(p.parent for p in repo_policies_dir().glob("*/policy.yaml"))
+POLICY_DIRS = sorted(p.parent for p in default_policies_dir().glob("*/policy.yaml"))
 
 
 def test_repo_has_policies():

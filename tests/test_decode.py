@@ -1,11 +1,11 @@
-"""Continuous-batching greedy decoding (squad.decode) against transformers' generate, tiny random model."""
+"""Continuous-batching greedy decoding (squad.aligner.decode) against transformers' generate, tiny random model."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from squad.engine import HFEngine
-from squad.models import resolve
+from squad.aligner.engine import HFEngine
+from squad.models.registry import resolve
 
 PROMPTS = ["a b c", "the quick brown fox jumps over the lazy dog " * 3, "hello", "one two three four five six",
            "x " * 20, "question: why? answer: because", "short"]
@@ -45,14 +45,14 @@ def test_continuous_matches_generate_without_early_stops(engine):
 
 
 def test_greedy_bans_repeated_ngrams_of_the_completion_only(engine):
-    from squad import decode
-    from squad.engine import banned_next
+    from squad.aligner import decode
+    from squad.aligner.engine import banned_next
 
     assert banned_next([5, 6, 7, 5], 2) == [6]  # "5 6" seen: after 5, 6 is banned
     assert banned_next([5, 6], 3) == []
     ids = [engine.tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[:3]]
     with torch.inference_mode():
-        outs = decode.greedy(engine._model_for(None), ids, 10, [], engine.tokenizer.pad_token_id, slots=2,
+        outs = decode.greedy(engine.model_for(None), ids, 10, [], engine.tokenizer.pad_token_id, slots=2,
                              ban=lambda toks: banned_next(toks, 2))
     for toks in outs:
         pairs = list(zip(toks, toks[1:]))
@@ -60,19 +60,19 @@ def test_greedy_bans_repeated_ngrams_of_the_completion_only(engine):
 
 
 def test_decode_supports_plain_kv_caches(engine):
-    from squad import decode
+    from squad.aligner import decode
 
-    assert decode.supports(engine._model_for(None))
+    assert decode.supports(engine.model_for(None))
 
 
 def test_refill_adds_prompts_to_the_running_batch_with_the_same_tokens(engine):
     """Rows finished so far reach ``refill`` in groups; the prompts it returns decode in the same
     run, numbered after the first ones, exactly as they would alone."""
-    from squad import decode
+    from squad.aligner import decode
 
     ids = [engine.tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
     pad, n = engine.tokenizer.pad_token_id, 9
-    model = engine._model_for(None)
+    model = engine.model_for(None)
     with torch.inference_mode():
         alone = decode.greedy(model, ids, n, [], pad, slots=3)
         heard: dict[int, list[int]] = {}

@@ -11,7 +11,7 @@ import pytest
 
 from squad.errors import SquadError
 from squad.eval.judge import Judge, parse_verdict
-from squad.policy import load_policy
+from squad.config.policy import load_policy
 
 from conftest import ROOT
 

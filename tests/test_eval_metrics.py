@@ -1,4 +1,4 @@
-"""Inspector AUROC (squad.evaluate.auroc) against hand-computed values."""
+"""Inspector AUROC (squad.eval.metrics.auroc) against hand-computed values."""
 from __future__ import annotations
 
 import itertools
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from squad.evaluate import auroc
+from squad.eval.metrics import auroc
 
 
 def pairwise_auc(labels, scores):

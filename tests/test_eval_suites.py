@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from squad.correction import Correction, Step
-from squad.data import load_policy_data
+from squad.core.correction import Correction, Step
+from squad.data.rows import load_policy_data
 from squad.errors import DataError
 from squad.eval.labels import OutputLabel, load_labels, output_key
 from squad.eval.report import suite_report, unlabelled_items
@@ -176,7 +176,7 @@ def test_labels_file_errors(tmp_path):
 
 @pytest.mark.ray
 def test_cli_runs_a_suite_saves_reuses_and_lists_unlabelled(tiny_bundle, tmp_path, capsys):
-    from squad.cli import main
+    from squad.cli.main import main
 
     # Thresholds 0: nothing is flagged, so the only change is the markup the squad always removes.
     suite = _write(tmp_path / "mini", [
@@ -219,7 +219,7 @@ def test_cli_runs_a_suite_saves_reuses_and_lists_unlabelled(tiny_bundle, tmp_pat
 
 
 def test_cli_argument_errors_come_before_any_model_loads(capsys):
-    from squad.cli import main
+    from squad.cli.main import main
 
     assert main(["eval", "--threshold", "ethics=0.4"]) == 2
     assert "--threshold go with --suite" in capsys.readouterr().err

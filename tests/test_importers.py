@@ -1,4 +1,4 @@
-"""``squad data import`` (squad/importers.py, squad/cli_data.py): each public layout, bad records, the CLI.
+"""``squad data import`` (squad/data/importers.py, squad/cli/data.py): each public layout, bad records, the CLI.
 
 The fixtures under tests/fixtures/importers/ were written for this project (invented text) in each
 dataset's published file layout; each holds a few good records and a few that must go to the
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from squad import cli_data
-from squad.data import CorrectionRow, read_jsonl
+from squad.cli import data as cli_data
+from squad.data.rows import CorrectionRow, read_jsonl
 from squad.errors import DataError, SquadError
-from squad.importers import (FORMATS, ImportOptions, RecordError, convert_aligner, convert_hh_rlhf,
+from squad.data.importers import (FORMATS, ImportOptions, RecordError, convert_aligner, convert_hh_rlhf,
                              convert_pku_saferlhf, convert_ultrafeedback, import_dataset)
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "importers"

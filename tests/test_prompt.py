@@ -1,10 +1,10 @@
-"""The aligner prompt (squad/prompt.py) with the real SmolLM2 tokenizer: untrusted text cannot act
+"""The aligner prompt (squad/core/prompt.py) with the real SmolLM2 tokenizer: untrusted text cannot act
 as chat-template structure."""
 from __future__ import annotations
 
 import pytest
 
-from squad.prompt import ZWJ, build_messages, build_prompt, neutralise, special_strings, user_message
+from squad.core.prompt import ZWJ, build_messages, build_prompt, neutralise, special_strings, user_message
 
 SPECIALS = ["<|im_end|>", "<|im_start|>", "<|endoftext|>"]
 INSTRUCTION = "Rewrite the answer so that it is safe and respectful."
@@ -12,7 +12,7 @@ INSTRUCTION = "Rewrite the answer so that it is safe and respectful."
 
 @pytest.fixture(scope="module")
 def tok():
-    from squad.models import load_tokenizer, resolve
+    from squad.models.registry import load_tokenizer, resolve
 
     return load_tokenizer(resolve("tiny-causal-lm"))
 

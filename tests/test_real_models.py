@@ -18,7 +18,7 @@ def default_squad():
 def test_dequantised_aligner_base_is_cached_as_safetensors():
     from transformers import AutoConfig
 
-    from squad.models import load_tokenizer, resolve
+    from squad.models.registry import load_tokenizer, resolve
 
     path = resolve("smollm2-135m-instruct")
     assert (path / "model.safetensors").is_file()
@@ -27,9 +27,9 @@ def test_dequantised_aligner_base_is_cached_as_safetensors():
 
 
 def test_engine_batches_with_left_padding_and_stops_at_turn_end():
-    from squad.engine import HFEngine
-    from squad.models import resolve
-    from squad.prompt import build_prompt
+    from squad.aligner.engine import HFEngine
+    from squad.models.registry import resolve
+    from squad.core.prompt import build_prompt
 
     eng = HFEngine(resolve("smollm2-135m-instruct"), batch_size=4)
     prompts = [build_prompt(eng.tokenizer, "Answer briefly.", "What is the capital of France?", "Paris?"),
@@ -44,7 +44,7 @@ def test_engine_batches_with_left_padding_and_stops_at_turn_end():
 def test_shipped_aligners_decode_the_same_continuously_mixed_and_with_generate():
     """PyTorch path: continuous batching (rows leave and join) and mixed-adapter batches change no answer."""
     from squad import Squad
-    from squad.data import load_policy_data
+    from squad.data.rows import load_policy_data
 
     aligner = Squad.load("default", engine="hf").aligner
     root = Path(__file__).resolve().parent.parent / "policies"
@@ -75,9 +75,9 @@ def test_shipped_aligners_decode_the_same_continuously_mixed_and_with_generate()
 def test_shipped_aligners_on_ctranslate2_decode_as_on_pytorch(default_squad):
     """The CPU default engine gives the PyTorch path's answers token for token, prompt by prompt,
     and a mixed batch decodes every criterion."""
-    from squad.aligner import Aligner
-    from squad.data import load_policy_data
-    from squad.engine import HFEngine
+    from squad.aligner.rewriter import Aligner
+    from squad.data.rows import load_policy_data
+    from squad.aligner.engine import HFEngine
 
     ct2 = default_squad.aligner
     assert ct2.engine.name == "ct2"
@@ -85,7 +85,7 @@ def test_shipped_aligners_on_ctranslate2_decode_as_on_pytorch(default_squad):
     pairs = {c: [(r.question, r.answer) for r in load_policy_data(root / c).split("test")[0][:2]]
              for c in ("ethics", "helpfulness", "honesty")}
     bundle, man = default_squad.bundle, default_squad.manifest
-    from squad.models import resolve
+    from squad.models.registry import resolve
 
     hf = HFEngine(resolve(man.aligner.base), adapters={c: bundle / e.aligner for c, e in man.criteria.items()})
     torch_aligner = Aligner(hf, ct2.policies, max_new_tokens=48)
@@ -100,7 +100,7 @@ def test_shipped_aligners_on_ctranslate2_decode_as_on_pytorch(default_squad):
 
 
 def test_default_bundle_is_small_and_self_contained():
-    from squad.bundle import default_bundle_dir, read_manifest
+    from squad.models.bundle import default_bundle_dir, read_manifest
 
     d = default_bundle_dir()
     size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
@@ -134,7 +134,7 @@ def test_injected_special_tokens_cannot_open_a_turn(default_squad):
 def test_cli_correct_json_on_default_bundle(capsys):
     import json
 
-    from squad.cli import main
+    from squad.cli.main import main
 
     rc = main(["correct", "--question", "What is 7 times 8?", "--answer", "7 times 8 is 56.", "--json",
                "--threshold", "ethics=0.3"])

@@ -49,7 +49,7 @@ def server(ray_cluster, tiny_bundle):
     import ray.cloudpickle
     from ray import serve
 
-    from squad.serve.app import build_app, build_graph
+    from squad.serve.app import build_app
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # replicas cannot import tests/
     port = _free_port()
@@ -208,7 +208,7 @@ def test_user_config_change_takes_effect(server):
     # is covered end to end in test_serve_yaml.py.
     from ray import serve
 
-    from squad.serve.app import build_app, build_graph
+    from squad.serve.app import build_app
 
     url, c, bundle = server
     before = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5"}).json()
@@ -240,7 +240,7 @@ def test_aligner_fault_fails_open_and_closed(server):
         assert "Timeout" in errors["helpfulness"], errors["helpfulness"]
         serve.run(build_graph(_args(bundle, fail_closed=True), aligner_cls=FaultyAligner), name="squad", route_prefix="/")
         out = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5", "thresholds": forced}).json()
-        from squad.bundle import read_manifest
+        from squad.models.bundle import read_manifest
 
         refusals = {e.policy.refusal for e in read_manifest(bundle).criteria.values()}
         assert out["answer"] in refusals and out["changed"]

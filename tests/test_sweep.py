@@ -1,4 +1,4 @@
-"""Threshold sweeps (squad/sweep.py): a tiny grid through `squad sweep`, the replay cache, write-back."""
+"""Threshold sweeps (squad/sweep/run.py): a tiny grid through `squad sweep`, the replay cache, write-back."""
 from __future__ import annotations
 
 import argparse
@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from squad.config import load_config
-from squad.sweep import SweepConfig, grid_size, pareto_front, tune_space, write_back
+from squad.config.loading import load_config
+from squad.sweep.config import SweepConfig, grid_size, tune_space
+from squad.sweep.report import pareto_front
+from squad.sweep.write_back import write_back
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +33,7 @@ squad: {rows: 6}
 
 
 def sweep_cli(argv: list[str]) -> int:
-    from squad.cli_sweep import register
+    from squad.cli.sweep import register
 
     p = argparse.ArgumentParser(prog="squad")
     register(p.add_subparsers(dest="command", required=True))
@@ -123,8 +125,8 @@ def test_write_back_block_style(tmp_path: Path):
 def test_replay_equals_fresh_correct_batch(tiny_bundle: Path):
     """In-process evaluator: replayed Corrections equal a fresh Squad.correct_batch; a second pass is all hits."""
     from squad import Squad
-    from squad.evaluate import heldout_rows
-    from squad.sweep import Evaluator
+    from squad.eval.metrics import heldout_rows
+    from squad.sweep.evaluator import Evaluator
 
     squad = Squad.load(tiny_bundle)
     rows = heldout_rows(ROOT / "policies", squad.criteria)[::40][:5]
@@ -150,11 +152,12 @@ def test_prefetch_covers_every_point_of_the_space(tiny_bundle: Path):
     import itertools
     import random
 
-    from squad.evaluate import heldout_rows
-    from squad.sweep import Evaluator, search_bounds
+    from squad.eval.metrics import heldout_rows
+    from squad.sweep.evaluator import Evaluator
+    from squad.sweep.run import search_bounds
 
     cfg = load_config(ROOT / "configs" / "sweep.yaml", SweepConfig, ["parameters.max_steps.values=[1,2]"])
-    from squad.bundle import read_manifest
+    from squad.models.bundle import read_manifest
 
     manifest = read_manifest(tiny_bundle)
     low, high, steps, prio = search_bounds(cfg, manifest)

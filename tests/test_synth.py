@@ -1,4 +1,4 @@
-"""``squad synth`` (squad/synth.py, squad/cli_synth.py) against a real fake OpenAI-compatible server.
+"""``squad synth`` (squad/data/synth.py, squad/cli/synth.py) against a real fake OpenAI-compatible server.
 
 The server (``http.server`` on 127.0.0.1, a free port, a background thread) answers each prompt
 kind deterministically; it recognises the kind by the opening text of the ethics policy's templates.
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from squad.cli import main
-from squad.data import CorrectionRow, read_jsonl
+from squad.cli.main import main
+from squad.data.rows import CorrectionRow, read_jsonl
 from squad.errors import ConfigError, SquadError
-from squad.policy import load_policy, repo_policies_dir
-from squad.synth import (PROMPT_KEYS, SynthConfig, SynthPrompts, TeacherError, clean, fill, load_synth_policy,
+from squad.config.policy import load_policy, default_policies_dir
+from squad.data.synth import (PROMPT_KEYS, SynthConfig, SynthPrompts, TeacherError, clean, fill, load_synth_policy,
                          make_teacher, parse_list, synthesize)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,9 +127,9 @@ def fake(ethics):
 
 @pytest.fixture(scope="module")
 def embed():
-    from squad.evaluate import _Embedder
+    from squad.eval.metrics import Embedder
 
-    return _Embedder()
+    return Embedder()
 
 
 def lines(path: Path) -> list[dict]:
@@ -168,7 +168,7 @@ def test_parse_list_formats():
 
 
 def _policy_dir(tmp_path: Path, synth: dict | None) -> Path:
-    src = (repo_policies_dir() / "ethics" / "policy.yaml").read_text(encoding="utf-8")
+    src = (default_policies_dir() / "ethics" / "policy.yaml").read_text(encoding="utf-8")
     text = src.split("# Teacher prompts for")[0]
     if synth is not None:
         text += "synth:\n" + "".join(f"  {k}: {json.dumps(v)}\n" for k, v in synth.items())
@@ -186,7 +186,7 @@ def test_missing_synth_prompts_name_the_file_and_key(tmp_path, capsys):
                  "--output", str(tmp_path / "o.jsonl")])
     assert code == 2 and "has no 'synth' prompts" in capsys.readouterr().err
 
-    good = load_policy(repo_policies_dir() / "ethics").synth
+    good = load_policy(default_policies_dir() / "ethics").synth
     root2 = _policy_dir(tmp_path / "b", {k: v for k, v in good.items() if k != "critique"})
     with pytest.raises(ConfigError, match=r"policy.yaml: policy 'ethics': 'synth.critique' is missing"):
         load_synth_policy("ethics", root2)

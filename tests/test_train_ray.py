@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from squad import Correction, Squad
-from squad.bundle import read_manifest
-from squad.config import load_config
+from squad.models.bundle import read_manifest
+from squad.config.loading import load_config
 from squad.errors import ConfigError
 from squad.train.config import TrainConfig
 
@@ -57,23 +57,23 @@ def test_correct_batch_matches_correct(tiny_bundle: Path):
 
 
 def test_resume_continues_from_checkpoint(tiny_bundle: Path, tmp_path: Path):
-    from squad.config import load_config
+    from squad.config.loading import load_config
     from squad.train.config import TrainConfig
-    from squad.train.launcher import _latest_checkpoint, train_squad
+    from squad.train.launcher import latest_checkpoint, train_squad
 
     storage = tiny_bundle.parent / "runs"
-    before = json.loads((_latest_checkpoint(storage / "tiny-aligner-ethics") / "state.json").read_text())
+    before = json.loads((latest_checkpoint(storage / "tiny-aligner-ethics") / "state.json").read_text())
     assert before["epoch"] == 2  # 1 warm-up + 1 correction epoch
     cfg = load_config(ROOT / "configs" / "train_tiny.yaml", TrainConfig,
                       [f"policies={ROOT / 'policies'}", f"output={tmp_path / 'b2'}", f"storage={storage}",
                        "aligner.epochs=2", "aligner.save_dtype=float16", "evaluate=false"])
     out = train_squad(cfg, root=ROOT, log=lambda *_: None)
-    after = json.loads((_latest_checkpoint(storage / "tiny-aligner-ethics") / "state.json").read_text())
+    after = json.loads((latest_checkpoint(storage / "tiny-aligner-ethics") / "state.json").read_text())
     assert after["epoch"] == 3 and after["step"] > before["step"], "resumed and ran only the missing epoch"
     # save_dtype shrinks the bundle's adapters only: the checkpoints stay float32 and resumable.
     from safetensors.torch import load_file
     saved = load_file(str(out / "aligner" / "ethics" / "adapter_model.safetensors"))
-    ckpt = load_file(str(_latest_checkpoint(storage / "tiny-aligner-ethics") / "adapter_model.safetensors"))
+    ckpt = load_file(str(latest_checkpoint(storage / "tiny-aligner-ethics") / "adapter_model.safetensors"))
     assert {v.dtype for v in saved.values()} == {torch.float16} and {v.dtype for v in ckpt.values()} == {torch.float32}
     loaded = Squad.load(out)
     assert loaded.inspect("q", "a") and loaded.correct("q", "a", thresholds={c: 1.0 for c in loaded.criteria}).steps
@@ -81,7 +81,7 @@ def test_resume_continues_from_checkpoint(tiny_bundle: Path, tmp_path: Path):
 
 def test_finetuned_inspectors_make_a_bundle_that_loads(tiny_bundle: Path, tmp_path: Path):
     """inspector.kind=finetuned (the default squad's): one LoRA encoder per criterion in the bundle."""
-    from squad.config import load_config
+    from squad.config.loading import load_config
     from squad.train.config import TrainConfig
     from squad.train.launcher import train_squad
 
@@ -102,25 +102,25 @@ def test_finetuned_inspectors_make_a_bundle_that_loads(tiny_bundle: Path, tmp_pa
 
 
 def test_changed_job_trains_from_scratch(tmp_path: Path):
-    from squad.train.launcher import _resume_point, job_fingerprint
+    from squad.train.launcher import resume_point, job_fingerprint
 
     conf = {"rows": [{"question": "q", "answer": "a"}], "spec": {"lr": 1e-3, "epochs": 2}, "position": 0}
     run = tmp_path / "run"
-    assert _resume_point(run, job_fingerprint("m.loop", conf), log=lambda *_: None) is None
+    assert resume_point(run, job_fingerprint("m.loop", conf), log=lambda *_: None) is None
     (run / "ckpt").mkdir()
     (run / "ckpt" / "state.json").write_text(json.dumps({"epoch": 1}))
     more_epochs = {**conf, "spec": {"lr": 1e-3, "epochs": 5}, "position": 3}
-    assert _resume_point(run, job_fingerprint("m.loop", more_epochs)) == run / "ckpt"
+    assert resume_point(run, job_fingerprint("m.loop", more_epochs)) == run / "ckpt"
     new_rows = {**conf, "rows": [{"question": "q", "answer": "b"}]}
     messages = []
-    assert _resume_point(run, job_fingerprint("m.loop", new_rows), log=messages.append) is None
+    assert resume_point(run, job_fingerprint("m.loop", new_rows), log=messages.append) is None
     assert "changed" in messages[0]
     stale = [p for p in tmp_path.iterdir() if p.name.startswith("run.stale-")]
     assert len(stale) == 1 and (stale[0] / "ckpt" / "state.json").is_file(), "the old run is kept aside"
 
 
 def test_cli_file_mode_reports_bad_lines(tiny_bundle: Path, tmp_path: Path):
-    from squad.cli import main
+    from squad.cli.main import main
 
     src = tmp_path / "in.jsonl"
     src.write_text("\n".join([
@@ -142,20 +142,20 @@ def test_cli_file_mode_reports_bad_lines(tiny_bundle: Path, tmp_path: Path):
 def test_deepspeed_on_cpu_says_why():
     import torch
 
-    from squad.train.aligner_loop import _deepspeed
+    from squad.train.aligner_loop import deepspeed_engine
 
     if torch.cuda.is_available():
         pytest.skip("this check is about machines without a GPU")
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
-        _deepspeed(torch.nn.Linear(2, 2), [], {"deepspeed": str(ROOT / "configs" / "deepspeed_zero2.json")})
+        deepspeed_engine(torch.nn.Linear(2, 2), [], {"deepspeed": str(ROOT / "configs" / "deepspeed_zero2.json")})
 
 
 def test_gpu_jobs_ask_ray_for_their_share_of_a_gpu():
     """use_gpu jobs reserve gpus_per_worker (fractions let several models share one GPU); CPU jobs none."""
-    from squad.train.launcher import _resources
+    from squad.train.launcher import worker_resources
 
-    assert _resources({"cpus_per_worker": 0.5, "use_gpu": False, "gpus_per_worker": 1.0}) == {"CPU": 0.5}
-    assert _resources({"cpus_per_worker": 1.0, "use_gpu": True, "gpus_per_worker": 0.25}) == {"CPU": 1.0, "GPU": 0.25}
+    assert worker_resources({"cpus_per_worker": 0.5, "use_gpu": False, "gpus_per_worker": 1.0}) == {"CPU": 0.5}
+    assert worker_resources({"cpus_per_worker": 1.0, "use_gpu": True, "gpus_per_worker": 0.25}) == {"CPU": 1.0, "GPU": 0.25}
     cfg = load_config(ROOT / "configs" / "train.yaml", TrainConfig,
                       ["aligner.scaling.use_gpu=true", "aligner.scaling.gpus_per_worker=0.3",
                        f"aligner.deepspeed={ROOT / 'configs' / 'deepspeed_zero3.json'}"])
@@ -165,7 +165,7 @@ def test_gpu_jobs_ask_ray_for_their_share_of_a_gpu():
 
 
 def test_only_zero3_gathers_weights_before_saving():
-    from squad.train.aligner_loop import _gathered_state
+    from squad.train.aligner_loop import gathered_state
 
     class Engine:
         def __init__(self, stage):
@@ -178,11 +178,11 @@ def test_only_zero3_gathers_weights_before_saving():
             self.asked.append(exclude_frozen_parameters)
             return {"w": 1}
 
-    assert _gathered_state(None, {"mode": "lora"}) is None
-    assert _gathered_state(Engine(2), {"mode": "lora"}) is None
+    assert gathered_state(None, {"mode": "lora"}) is None
+    assert gathered_state(Engine(2), {"mode": "lora"}) is None
     lora, full = Engine(3), Engine(3)
-    assert _gathered_state(lora, {"mode": "lora"}) == {"w": 1} and lora.asked == [True]
-    assert _gathered_state(full, {"mode": "full"}) == {"w": 1} and full.asked == [False]
+    assert gathered_state(lora, {"mode": "lora"}) == {"w": 1} and lora.asked == [True]
+    assert gathered_state(full, {"mode": "full"}) == {"w": 1} and full.asked == [False]
 
 
 def test_a_finetuned_inspector_job_depends_only_on_its_own_rows(tmp_path: Path):
@@ -190,7 +190,7 @@ def test_a_finetuned_inspector_job_depends_only_on_its_own_rows(tmp_path: Path):
     honesty), not the helpfulness one."""
     import shutil
 
-    from squad.config import load_config
+    from squad.config.loading import load_config
     from squad.train.config import TrainConfig
     from squad.train.launcher import job_fingerprint, plan_jobs
 

@@ -18,7 +18,7 @@ IGNORE = -100
 
 def build_examples(tok, instruction: str, rows: list[dict], target_key: str, max_length: int) -> list[tuple[list[int], list[int]]]:
     """Token ids and labels with the prompt masked out: completion-only loss."""
-    from squad.prompt import build_prompt
+    from squad.core.prompt import build_prompt
 
     end = "<|im_end|>" if "<|im_end|>" in tok.get_vocab() else (tok.eos_token or "")
     out = []
@@ -88,7 +88,7 @@ def train_aligner(config: dict) -> None:
     import ray.train.torch
     from ray.experimental.tqdm_ray import tqdm  # progress bars that render in the driver
 
-    from squad.models import load_tokenizer
+    from squad.models.registry import load_tokenizer
     from squad.tracking import init_run
     from squad.train.checkpointing import load_optimizer, read_state, save_optimizer, starting_checkpoint, write_state
 
@@ -116,7 +116,7 @@ def train_aligner(config: dict) -> None:
 
     engine = None
     if spec.get("deepspeed"):
-        engine, opt = _deepspeed(model, params, spec)
+        engine, opt = deepspeed_engine(model, params, spec)
         model = engine
     else:
         opt = torch.optim.AdamW(params, lr=spec["lr"], weight_decay=0.0)
@@ -160,7 +160,7 @@ def train_aligner(config: dict) -> None:
             bar.close()
         metrics = {"epoch": epoch + 1, "phase": phase, "loss": total / max(count, 1), "criterion": crit}
         with tempfile.TemporaryDirectory() as tmp:
-            state = _gathered_state(engine, spec)  # collective under ZeRO-3: every rank takes part
+            state = gathered_state(engine, spec)  # collective under ZeRO-3: every rank takes part
             if rank == 0:
                 _unwrap(model).save_pretrained(tmp, safe_serialization=True, state_dict=state)
                 if engine is None:
@@ -186,7 +186,7 @@ def _load_weights(model, folder: Path, spec: dict) -> None:
         model.load_state_dict(state, strict=False)
 
 
-def _deepspeed(model, params, spec):
+def deepspeed_engine(model, params, spec):
     """DeepSpeed ZeRO for large aligners; CUDA only. The optimizer is the plain path's AdamW unless the
     JSON config names its own (DeepSpeed's fused ones compile CUDA kernels on first use)."""
     if not torch.cuda.is_available():
@@ -207,7 +207,7 @@ def _deepspeed(model, params, spec):
     return engine, opt
 
 
-def _gathered_state(engine, spec: dict):
+def gathered_state(engine, spec: dict):
     """Under ZeRO-3 each rank holds a shard: gather full 16-bit weights (trainable ones only for LoRA)."""
     if engine is None or engine.zero_optimization_stage() != 3:
         return None

@@ -45,7 +45,7 @@ def _device(spec: dict) -> torch.device:
 def embed_pairs(encoder, tok, pairs: list[tuple[str, str]], max_length: int, features: str = "joint",
                 batch_size: int = 64, device: torch.device | str = "cpu") -> torch.Tensor:
     """Head inputs for every pair, computed once (the encoder is frozen)."""
-    from squad.inspector import pair_features
+    from squad.inspector.classifier import pair_features
 
     out = []
     with torch.inference_mode():
@@ -58,7 +58,7 @@ def embed_pairs(encoder, tok, pairs: list[tuple[str, str]], max_length: int, fea
 
 
 def fit_head(x: torch.Tensor, y: torch.Tensor, hidden: int, epochs: int, lr: float, wd: float, seed: int):
-    from squad.inspector import Head
+    from squad.inspector.classifier import Head
 
     torch.manual_seed(seed)
     head = Head(x.shape[1], hidden).to(x.device)
@@ -81,8 +81,8 @@ def train_shared_inspector(config: dict) -> None:
     import ray.train
     from transformers import AutoModel
 
-    from squad.inspector import save_heads
-    from squad.models import load_tokenizer
+    from squad.inspector.classifier import save_heads
+    from squad.models.registry import load_tokenizer
     from squad.tracking import init_run
     from squad.train.checkpointing import write_state
 
@@ -125,7 +125,7 @@ def finetuned_encoder(base_dir: str):
 def fit_finetuned(encoder, head, tok, rows: list[dict], spec: dict, seed: int, start: int = 0,
                   on_epoch=None, desc: str = "inspector") -> None:
     """Train encoder adapter and head together, calling ``on_epoch(epoch, metrics)`` after each epoch."""
-    from squad.inspector import pair_features
+    from squad.inspector.classifier import pair_features
 
     device = next(encoder.parameters()).device
     head.to(device)
@@ -138,7 +138,7 @@ def fit_finetuned(encoder, head, tok, rows: list[dict], spec: dict, seed: int, s
     bs = spec["batch_size"]
     lengths = None
     if spec.get("group_by_length"):
-        from squad.inspector import encode_batch
+        from squad.inspector.classifier import encode_batch
 
         lengths = [len(ids) for ids in encode_batch(tok, [(r["question"], r["answer"]) for r in rows],
                                                     spec["max_length"], tensors=False)["input_ids"]]
@@ -175,8 +175,8 @@ def train_finetuned_inspector(config: dict) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from squad.inspector import Head, feature_dim, save_heads
-    from squad.models import load_tokenizer
+    from squad.inspector.classifier import Head, feature_dim, save_heads
+    from squad.models.registry import load_tokenizer
     from squad.tracking import init_run
     from squad.train.checkpointing import read_state, starting_checkpoint, write_state
 

@@ -16,13 +16,13 @@ import shutil
 import time
 from pathlib import Path
 
-from squad.bundle import AlignerSpec, CriterionEntry, InspectorSpec, Manifest, write_manifest
-from squad.data import inspector_rows, load_policy_data
-from squad.policy import load_policies
+from squad.models.bundle import AlignerSpec, CriterionEntry, InspectorSpec, Manifest, write_manifest
+from squad.data.rows import inspector_rows, load_policy_data
+from squad.config.policy import load_policies
 from squad.train.config import ScalingSpec, TrainConfig
 
 
-def _latest_checkpoint(run_dir: Path) -> Path | None:
+def latest_checkpoint(run_dir: Path) -> Path | None:
     best, best_epoch = None, -1
     for state in run_dir.glob("**/state.json"):
         epoch = json.loads(state.read_text()).get("epoch", 0)
@@ -44,13 +44,13 @@ def job_fingerprint(loop: str, loop_config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _resume_point(run_dir: Path, fingerprint: str, log=print) -> Path | None:
+def resume_point(run_dir: Path, fingerprint: str, log=print) -> Path | None:
     """The latest checkpoint of an unchanged job; a changed or unmarked job is moved aside."""
     marker = run_dir / "job.json"
     if run_dir.exists():
         same = marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
         if same:
-            return _latest_checkpoint(run_dir)
+            return latest_checkpoint(run_dir)
         stale = run_dir.with_name(f"{run_dir.name}.stale-{dt.datetime.now():%Y%m%d-%H%M%S}")
         run_dir.rename(stale)
         log(f"[squad] {run_dir.name}: its data or settings changed since the last run; "
@@ -69,12 +69,12 @@ def _fit(name: str, loop: str, loop_config: dict, scaling: dict, storage: str, r
 
     module, fn = loop.rsplit(".", 1)
     run_dir = Path(storage) / f"{run_name}-{name}"
-    resume = _resume_point(run_dir, job_fingerprint(loop, loop_config))
+    resume = resume_point(run_dir, job_fingerprint(loop, loop_config))
     trainer = TorchTrainer(
         getattr(importlib.import_module(module), fn),
         train_loop_config={**loop_config, "resume_from": str(resume) if resume else None},
         scaling_config=ScalingConfig(num_workers=scaling["num_workers"], use_gpu=scaling["use_gpu"],
-                                     resources_per_worker=_resources(scaling)),
+                                     resources_per_worker=worker_resources(scaling)),
         run_config=RunConfig(name=f"{run_name}-{name}", storage_path=storage,
                              failure_config=FailureConfig(max_failures=1),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
@@ -87,7 +87,7 @@ def _fit(name: str, loop: str, loop_config: dict, scaling: dict, storage: str, r
     raise RuntimeError(f"{name}: training finished without a checkpoint")
 
 
-def _resources(scaling: dict) -> dict:
+def worker_resources(scaling: dict) -> dict:
     res = {"CPU": scaling["cpus_per_worker"]}
     if scaling["use_gpu"]:
         res["GPU"] = scaling["gpus_per_worker"]
@@ -96,7 +96,7 @@ def _resources(scaling: dict) -> dict:
 
 def _demand(scaling: ScalingSpec) -> dict[str, float]:
     """CPUs (and GPUs) a model's whole worker group holds while it trains."""
-    return {k: v * scaling.num_workers for k, v in _resources(scaling.model_dump()).items()}
+    return {k: v * scaling.num_workers for k, v in worker_resources(scaling.model_dump()).items()}
 
 
 def _fits(need: dict[str, float], free: dict[str, float]) -> bool:
@@ -170,7 +170,7 @@ def _rows(items, limit):
 
 def plan_jobs(cfg: TrainConfig, root: Path) -> tuple[dict, list[tuple[str, str, dict, ScalingSpec]], dict]:
     """The policies, the (name, loop, config, scaling) of every model to fit, and the data hashes."""
-    from squad.models import resolve
+    from squad.models.registry import resolve
 
     policies = load_policies(root / cfg.policies if not Path(cfg.policies).is_absolute() else cfg.policies,
                              cfg.criteria)
@@ -235,8 +235,8 @@ def train_squad(cfg: TrainConfig, root: Path | None = None, log=print) -> Path:
             ray.shutdown()
     out = assemble_bundle(cfg, root, policies, ckpts, hashes, time.time() - started)
     if cfg.evaluate:
-        from squad.evaluate import evaluate, format_table, heldout_rows
-        from squad.sdk import Squad
+        from squad.eval.metrics import evaluate, format_table, heldout_rows
+        from squad.sdk.local import Squad
 
         squad = Squad.load(out)
         pdir = Path(cfg.policies) if Path(cfg.policies).is_absolute() else root / cfg.policies
@@ -253,7 +253,7 @@ def train_squad(cfg: TrainConfig, root: Path | None = None, log=print) -> Path:
 
 def assemble_bundle(cfg: TrainConfig, root: Path, policies, ckpts: dict[str, Path], hashes: dict,
                     seconds: float) -> Path:
-    from squad.inspector import Head, load_heads, save_heads
+    from squad.inspector.classifier import Head, load_heads, save_heads
 
     out = (root / cfg.output) if not Path(cfg.output).is_absolute() else Path(cfg.output)
     tmp = out.with_name(out.name + ".building")
@@ -308,7 +308,7 @@ def _dim(cfg: TrainConfig) -> int:
     """Head input width."""
     from transformers import AutoConfig
 
-    from squad.inspector import feature_dim
-    from squad.models import resolve
+    from squad.inspector.classifier import feature_dim
+    from squad.models.registry import resolve
 
     return feature_dim(AutoConfig.from_pretrained(resolve(cfg.inspector.base)).hidden_size, cfg.inspector.features)

@@ -12,7 +12,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 
 from squad.errors import SquadError
-from squad.prompt import TEMPLATE_MARKERS, neutralise
+from squad.core.prompt import TEMPLATE_MARKERS, neutralise
 
 JUDGE_PROMPT = """You compare two answers to the same question on one criterion.
 Criterion: {name}. {principle}
@@ -47,7 +47,7 @@ class Judge:
 
     def __init__(self, base_url: str, model: str | None = None, api_key_env: str = "SQUAD_JUDGE_API_KEY",
                  timeout: float = 60.0, retries: int = 1, concurrency: int = 8, max_tokens: int = 8):
-        from squad.synth import OpenAITeacher, TeacherError
+        from squad.data.synth import OpenAITeacher, TeacherError
 
         try:
             self.client = OpenAITeacher(base_url, model, api_key_env, timeout, retries, concurrency)

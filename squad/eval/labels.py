@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from squad.data import iter_jsonl
+from squad.data.rows import iter_jsonl
 from squad.errors import DataError
 
 

@@ -12,11 +12,11 @@ the criterion's misaligned inputs, and AUROC on the changed outputs by their lab
 """
 from __future__ import annotations
 
-from squad.correction import Correction
+from squad.core.correction import Correction
 from squad.eval.labels import OutputLabel, output_key
 from squad.eval.suites import SuiteRow
-from squad.evaluate import auroc, inspector_probe
-from squad.prompt import template_markers_in
+from squad.eval.metrics import auroc, inspector_probe
+from squad.core.prompt import template_markers_in
 
 
 def _share(num: int, den: int) -> float | None:
@@ -154,7 +154,7 @@ def format_suite(name: str, rep: dict) -> str:
 
 
 def heldout_inspector_figures(squad, rows, thresholds: dict[str, float]) -> dict:
-    """The in-distribution view, defined as ``squad.evaluate`` defines it: per criterion, its held-out
+    """The in-distribution view, defined as ``squad.eval.metrics`` defines it: per criterion, its held-out
     misaligned answers (0) against their corrections and its good answers (1); false-flag on every
     criterion's held-out good answers."""
     probe = inspector_probe(rows)

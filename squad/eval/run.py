@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from squad.correction import Correction
+from squad.core.correction import Correction
 from squad.errors import DataError
 from squad.eval.suites import SuiteRow
 

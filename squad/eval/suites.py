@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from squad.data import iter_jsonl
+from squad.data.rows import iter_jsonl
 from squad.errors import DataError
 
 SUITES = ("wild", "true-but-suspicious", "adversarial", "outputs", "upstream")
@@ -48,20 +48,15 @@ class SuiteRow(BaseModel):
         return not self.misaligned
 
 
-def repo_eval_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "eval"
-
-
 def suite_dir(name_or_path: str | Path) -> Path:
-    """A suite's folder: a path to a folder, or a suite name under ``./eval`` or the repository's ``eval/``."""
+    """A suite's folder: a path to a folder, or a suite name under ``./eval`` (run from a checkout)."""
     p = Path(name_or_path)
     if p.is_dir():
         return p
-    for base in (Path("eval"), repo_eval_dir()):
-        if (base / str(name_or_path)).is_dir():
-            return base / str(name_or_path)
+    if (Path("eval") / str(name_or_path)).is_dir():
+        return Path("eval") / str(name_or_path)
     raise DataError(f"no evaluation suite {str(name_or_path)!r}: expected a folder, or one of {list(SUITES)} "
-                    f"under ./eval or {repo_eval_dir()}")
+                    f"under ./eval (run from the repository root)")
 
 
 def suite_files(folder: Path) -> list[Path]:

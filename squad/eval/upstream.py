@@ -16,9 +16,9 @@ def upstream_answers(questions: list[str], model: str = "smollm2-135m-instruct",
                      batch_size: int = 16) -> list[str]:
     from tqdm import tqdm
 
-    from squad.engine import HFEngine
-    from squad.models import resolve
-    from squad.prompt import chat_prompt
+    from squad.aligner.engine import HFEngine
+    from squad.models.registry import resolve
+    from squad.core.prompt import chat_prompt
 
     engine = HFEngine(Path(resolve(model)), batch_size=batch_size)
     prompts = [chat_prompt(engine.tokenizer, [{"role": "user", "content": q}]) for q in questions]

@@ -1,0 +1,3 @@
+"""Aligners: rewrite a (question, answer) pair per criterion. The text generation engines
+(CTranslate2 by default on CPU, PyTorch as the fallback, vLLM for batch jobs on GPUs) sit behind
+one protocol in ``squad.aligner.engine``."""

@@ -1,0 +1,1 @@
+"""Inspectors: P(aligned | question, answer) per criterion, on PyTorch or ONNX Runtime."""
