@@ -250,8 +250,8 @@ def test_batch_equals_each_pair_alone():
     batched, _, _ = run(BATCH, policy(max_steps=2))
     for (q, a), got in zip(BATCH, batched):
         (alone,), _, _ = run([(q, a)], policy(max_steps=2))
-        strip = lambda c: {**c.model_dump(), "latency_ms": None,  # noqa: E731
-                           "steps": [{**s.model_dump(), "latency_ms": None} for s in c.steps]}
+        strip = lambda c: {**c.model_dump(), "latency_ms": None, "wall_ms": None,  # noqa: E731
+                           "steps": [{**s.model_dump(), "latency_ms": None, "wall_ms": None} for s in c.steps]}
         assert strip(got) == strip(alone)
         assert got.question == q and got.original == a
 
@@ -403,10 +403,23 @@ def test_latencies_measured_with_the_injected_clock():
                 else {c: DEFAULT for c in criteria} for _, a in pairs]
 
     good, bad = run_squad([("q", "fine"), ("q", "x [a=0.1]")], inspector, aligner, policy(), clock=clock)
-    assert bad.steps[0].latency_ms == pytest.approx(250.0)
-    # good: finished after the first inspector pass (10 ms); bad: 2 passes + 250 ms aligner.
-    assert good.latency_ms == pytest.approx(10.0)
-    assert bad.latency_ms == pytest.approx(270.0)
+    assert bad.steps[0].latency_ms == pytest.approx(250.0) and bad.steps[0].wall_ms == pytest.approx(250.0)
+    # latency_ms is the pair's own share: half of the first inspector pass (10 ms for two pairs),
+    # then, for bad, the 250 ms aligner call and the 10 ms re-score it had alone.
+    assert good.latency_ms == pytest.approx(5.0) and good.wall_ms == pytest.approx(10.0)
+    assert bad.latency_ms == pytest.approx(265.0) and bad.wall_ms == pytest.approx(270.0)
+
+
+def test_a_batched_step_reports_each_pair_its_share_and_the_call_its_wall_time():
+    clock = iter(range(0, 10_000, 100))  # every clock reading advances 100 ms (in seconds: / 1000)
+    now = lambda: next(clock) / 1000.0  # noqa: E731
+    got = run_squad([("q1", "x [a=0.1]"), ("q2", "y [a=0.2]")], FakeInspector(), FakeAligner(), policy(), clock=now)
+    wall = {s.wall_ms for c in got for s in c.steps}
+    assert len(wall) == 1 and wall.pop() > 0  # one call served both pairs
+    for c in got:
+        assert c.steps[0].latency_ms == pytest.approx(c.steps[0].wall_ms / 2)
+    # Summed over the batch, the shares are the model time of the run; each pair waited the whole run.
+    assert sum(c.latency_ms for c in got) < got[0].wall_ms + got[1].wall_ms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -511,8 +524,9 @@ def test_align_many_serves_a_round_in_one_call_with_the_same_results():
     assert [crits(c) for c in got] == [crits(c) for c in want]
     assert len(al.many_calls) == 1 and set(al.many_calls[0]) == {"a", "b"}  # round 1: a and b together
     assert [c for c, _ in al.calls] == ["a"]  # round 2 has one group: the plain per-criterion call
-    shared = {s.latency_ms for c in got for s in c.steps[:1] if c.steps}
-    assert len(shared) == 1  # round 1's steps report the one shared call's latency
+    first = [c.steps[0] for c in got if c.steps]
+    assert len({s.wall_ms for s in first}) == 1  # round 1's steps came from one shared call
+    assert all(s.latency_ms == pytest.approx(s.wall_ms / 3) for s in first)  # three pairs shared it
 
 
 def test_align_many_failure_is_recorded_on_every_group_of_the_round():
@@ -578,6 +592,25 @@ def test_streaming_takes_the_same_steps_as_rounds(per_call):
         assert (g.answer, crits(g), g.scores, g.initial_scores) == (w.answer, crits(w), w.scores, w.initial_scores)
     assert len(al.runs) == 1  # every step, first or later, in one engine run
     assert len(al.runs[0]) == sum(len(w.steps) for w in want)
+
+
+def test_streaming_splits_each_interval_among_the_jobs_in_flight():
+    from squad.core.algorithm import PairState, advance_streaming
+
+    t = [0.0]
+
+    def engine(jobs, done):  # both jobs start at 0; one finishes at 100 ms, the other at 150 ms
+        first, second = jobs
+        t[0] = 0.1
+        done([(first[0], first[3] + "<a>")])
+        t[0] = 0.15
+        done([(second[0], second[3] + "<a>")])
+
+    states = [PairState(q, a, a, 0.0) for q, a in [("q1", "x [a=0.1]"), ("q2", "y [a=0.2]")]]
+    advance_streaming(states, FakeInspector(), engine, policy(max_steps=1), lambda: t[0])
+    s1, s2 = (st.steps[0] for st in states)
+    assert (s1.wall_ms, s1.latency_ms) == (pytest.approx(100.0), pytest.approx(50.0))  # shared with the other job
+    assert (s2.wall_ms, s2.latency_ms) == (pytest.approx(150.0), pytest.approx(100.0))  # 50 shared + 50 alone
 
 
 def test_streaming_rescores_only_the_pairs_that_finished():

@@ -297,9 +297,11 @@ def test_vllm_round_wiring_against_the_installed_ray_data_llm(tiny_bundle: Path)
     assert prompts({"idx": 1, "state": idle.to_json()})["model"] == base  # no LoRA request, one token
 
     out = VllmApply(policy)({"idx": np.arange(2), "state": np.array([work.to_json(), idle.to_json()], dtype=object),
-                             "generated": np.array(["  Fixed answer. ", ""], dtype=object)})
+                             "generated": np.array(["  Fixed answer. ", ""], dtype=object),
+                             "llm_s": np.array([0.42, 0.001])})
     fixed, untouched = (PairState.from_json(s) for s in out["state"])
     # the rewrite waits for its scores (do no harm) before it can replace the answer
     assert fixed.candidate == "Fixed answer." and fixed.answer == "A." and fixed.applied == ["ethics"]
     assert fixed.needs_scores and fixed.steps[-1].rewrite == "Fixed answer."
+    assert fixed.steps[-1].latency_ms == pytest.approx(420.0)  # the engine's own time for this request
     assert untouched.to_json() == idle.to_json()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sys
 from pathlib import Path
 
 from squad.models.registry import cache_dir, load_tokenizer, turn_stop_ids
@@ -57,7 +58,7 @@ def convert(base_dir: Path, adapters: dict[str, Path] | None = None,
     for name, src in sources.items():
         dest = root / (name or "base")
         if not (dest / "model.bin").is_file():
-            print(f"[squad] converting aligner {name or 'base'!r} for CTranslate2 into {dest} (once)", flush=True)
+            print(f"[squad] converting aligner {name or 'base'!r} for CTranslate2 into {dest} (once)", file=sys.stderr)
             _convert_one(base_dir, Path(src), dest, merge)
         out[name] = dest
     return out
@@ -67,20 +68,18 @@ def _convert_one(base_dir: Path, src: Path, dest: Path, merge: bool) -> None:
     import os
 
     import ctranslate2
-    from transformers.utils import logging as hf_logging
+
+    from squad.models.quiet import quiet_loading
 
     tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")  # processes converting at once do not collide
     shutil.rmtree(tmp, ignore_errors=True)
     model_dir = src
-    hf_logging.disable_progress_bar()  # a one-off conversion: the line above says what happens
-    try:
+    with quiet_loading():  # a one-off conversion: the caller's line says what happens
         if merge:
             model_dir = tmp / "merged"
             _merge(base_dir, src, model_dir)
         ctranslate2.converters.TransformersConverter(str(model_dir), low_cpu_mem_usage=True).convert(
             str(tmp / "ct2"), force=True)
-    finally:
-        hf_logging.enable_progress_bar()
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         (tmp / "ct2").rename(dest)
@@ -92,16 +91,12 @@ def _convert_one(base_dir: Path, src: Path, dest: Path, merge: bool) -> None:
 
 
 def _merge(base_dir: Path, adapter: Path, out: Path) -> None:
-    import warnings
-
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    with warnings.catch_warnings():  # peft calls a transformers method deprecated for v6
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
     load_tokenizer(base_dir).save_pretrained(out)
 

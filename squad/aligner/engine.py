@@ -57,27 +57,29 @@ class HFEngine:
                  dtype: torch.dtype = torch.float32, no_repeat_ngram: int = 4, continuous: bool = True):
         from transformers import AutoModelForCausalLM
 
+        from squad.models.quiet import quiet_loading
         from squad.models.registry import load_tokenizer, turn_stop_ids
 
         self.device, self.batch_size, self.no_repeat_ngram = device, batch_size, no_repeat_ngram
         self.continuous = continuous  # continuous batching (squad.aligner.decode); False: transformers' generate
         self.tokenizer = load_tokenizer(Path(base_dir), padding_side="left")
-        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, trust_remote_code=False)
-        self.models: dict[str | None, torch.nn.Module] = {}
-        adapters = adapters or {}
-        if adapters:
-            from peft import PeftModel
+        with quiet_loading():
+            base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, trust_remote_code=False)
+            self.models: dict[str | None, torch.nn.Module] = {}
+            adapters = adapters or {}
+            if adapters:
+                from peft import PeftModel
 
-            names = list(adapters)
-            peft_model = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0])
-            for n in names[1:]:
-                peft_model.load_adapter(str(adapters[n]), adapter_name=n)
-            self._peft = peft_model.to(device).eval()
-        else:
-            self._peft = None
-            self.models[None] = base.to(device).eval()
-        for name, path in (full_models or {}).items():
-            self.models[name] = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+                names = list(adapters)
+                peft_model = PeftModel.from_pretrained(base, str(adapters[names[0]]), adapter_name=names[0])
+                for n in names[1:]:
+                    peft_model.load_adapter(str(adapters[n]), adapter_name=n)
+                self._peft = peft_model.to(device).eval()
+            else:
+                self._peft = None
+                self.models[None] = base.to(device).eval()
+            for name, path in (full_models or {}).items():
+                self.models[name] = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         self.stop_ids = turn_stop_ids(self.tokenizer)
 
     @torch.inference_mode()

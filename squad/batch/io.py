@@ -124,9 +124,11 @@ def _table(rows: list[dict], criteria: list[str]):
     scores = pa.struct([(c, pa.float64()) for c in criteria])
     step = pa.struct([("criterion", pa.string()), ("score_before", pa.float64()), ("threshold", pa.float64()),
                       ("applied", pa.bool_()), ("answer", pa.string()), ("latency_ms", pa.float64()),
-                      ("error", pa.string())])
+                      ("wall_ms", pa.float64()), ("error", pa.string()), ("rewrite", pa.string()),
+                      ("scores_after", scores), ("rejected", pa.string())])
     fixed = {"question": pa.string(), "original": pa.string(), "answer": pa.string(), "changed": pa.bool_(),
-             "initial_scores": scores, "scores": scores, "steps": pa.list_(step), "latency_ms": pa.float64()}
+             "initial_scores": scores, "scores": scores, "steps": pa.list_(step), "latency_ms": pa.float64(),
+             "wall_ms": pa.float64()}
     keys = dict.fromkeys(k for r in rows for k in r)  # input rows may differ in their extra fields
     cols = {k: pa.array([r.get(k) for r in rows], type=fixed.get(k)) for k in keys}
     return pa.table(cols)

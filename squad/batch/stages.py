@@ -154,9 +154,10 @@ class VllmApply:
         import numpy as np
 
         states = [PairState.from_json(s) for s in batch["state"]]
-        text = {id(st): str(t).strip() for st, t in zip(states, batch["generated"])}
-        for crit, group in group_by_next(states).items():
-            apply_step(crit, group, lambda _c, _p, g=group: [text[id(st)] for st in g], self.policy, time.time)
+        for st, text, secs in zip(states, batch["generated"], batch["llm_s"]):
+            if not st.done and st.next is not None:  # the step's time is the engine's own for this request
+                apply_step(st.next, [st], lambda _c, _p, t=str(text).strip(): [t], self.policy, time.time,
+                           wall_ms=float(secs) * 1000.0, share_ms=float(secs) * 1000.0)
         return {"idx": batch["idx"], "state": np.array([st.to_json() for st in states], dtype=object)}
 
 
@@ -177,7 +178,8 @@ def vllm_round(ds, bundle: str, path: Path, manifest, policy: SquadPolicy, stage
     processor = build_processor(
         conf, preprocess=lambda r: {**r, "sampling_params": {"temperature": 0.0, "max_tokens": int(r["max_tokens"]),
                                                               "stop": stop}},
-        postprocess=lambda r: {"idx": r["idx"], "state": r["state"], "generated": r["generated_text"]})
+        postprocess=lambda r: {"idx": r["idx"], "state": r["state"], "generated": r["generated_text"],
+                               "llm_s": r["time_taken_llm"]})
     ds = ds.map(VllmPrompts, fn_constructor_kwargs=dict(bundle=bundle, base=base,
                                                         max_new_tokens=manifest.aligner.max_new_tokens),
                 compute=actor_pool(1), num_cpus=0.1)

@@ -65,6 +65,7 @@ class PairState:
     done: bool = False
     next: str | None = None
     candidate: str | None = None  # the last step's rewrite, kept only if its scores pass ``rejection``
+    cost_ms: float = 0.0  # this pair's share of every model call so far (Correction.latency_ms)
 
     @classmethod
     def start(cls, question: str, answer: str, now: float) -> "PairState":
@@ -93,7 +94,7 @@ class PairState:
     def result(self) -> Correction:
         return Correction(question=self.question, original=self.original, answer=self.answer,
                           changed=self.answer != self.original, initial_scores=self.initial, scores=self.scores,
-                          steps=self.steps, latency_ms=(self.finished - self.started) * 1000.0)
+                          steps=self.steps, latency_ms=self.cost_ms, wall_ms=(self.finished - self.started) * 1000.0)
 
 
 def check_scores(scored: list[dict[str, float]], n: int, criteria: list[str]) -> list[dict[str, float]]:
@@ -172,22 +173,32 @@ def advance_streaming(states: list[PairState], inspect: InspectFn, align_stream:
     score_pending(states, inspect, policy, clock)
     while todo := [st for st in states if not st.done and st.next is not None]:
         inflight: dict[int, tuple[PairState, float]] = {}
+        share: dict[int, float] = {}  # each job's share of the engine's time: intervals split among the jobs in flight
+        last = [clock()]
         keys = itertools.count()
 
+        def tick() -> float:
+            now = clock()
+            for k in inflight:
+                share[k] += (now - last[0]) * 1000.0 / len(inflight)
+            last[0] = now
+            return now
+
         def submit(sts: list[PairState]) -> list[tuple[int, str, str, str]]:
-            jobs = []
+            now, jobs = tick(), []
             for st in sts:
                 if not st.done and st.next is not None:
                     k = next(keys)
-                    inflight[k] = (st, clock())
+                    inflight[k], share[k] = (st, now), 0.0
                     jobs.append((k, st.next, st.question, st.answer))
             return jobs
 
         def done(finished: list[tuple[int, str]]) -> list[tuple[int, str, str, str]]:
-            sts = []
+            now, sts = tick(), []
             for k, text in finished:
                 st, t0 = inflight.pop(k)
-                apply_step(st.next, [st], lambda _c, _p, t=text: [t], policy, clock, latency_ms=(clock() - t0) * 1000.0)
+                apply_step(st.next, [st], lambda _c, _p, t=text: [t], policy, clock,
+                           wall_ms=(now - t0) * 1000.0, share_ms=share.pop(k))
                 sts.append(st)
             try:
                 score_pending(sts, inspect, policy, clock)
@@ -222,16 +233,19 @@ def score_pending(states: Sequence[PairState], inspect: InspectFn, policy: Squad
     pending = [st for st in states if st.needs_scores]
     if pending:
         criteria = list(policy.thresholds)
+        t0 = clock()
         scored = check_scores(inspect([(st.question, st.scored_text) for st in pending], criteria), len(pending), criteria)
+        now = clock()
         for st, s in zip(pending, scored):
-            observe(st, s, policy, clock())
+            st.cost_ms += (now - t0) * 1000.0 / len(pending)
+            observe(st, s, policy, now)
     return pending
 
 
 def apply_round(groups: dict[str, list[PairState]], align: AlignFn, policy: SquadPolicy, clock,
                 align_many: AlignManyFn | None = None) -> None:
     """Every group's aligner step of one round: one call per criterion, or one ``align_many`` call
-    for all of them (each step's latency is then that shared call's)."""
+    for all of them (each pair's share of it is then the call's time over every group's pairs)."""
     if align_many is None or len(groups) < 2:
         for crit, group in groups.items():
             apply_step(crit, group, align, policy, clock)
@@ -243,6 +257,7 @@ def apply_round(groups: dict[str, list[PairState]], align: AlignFn, policy: Squa
     except Exception as e:  # every group's step records it, as apply_step would
         outs, failure = {}, e
     ms = (clock() - t0) * 1000.0
+    pairs = sum(len(g) for g in groups.values())
 
     def shared(crit, _pairs):
         if failure is not None:
@@ -250,12 +265,14 @@ def apply_round(groups: dict[str, list[PairState]], align: AlignFn, policy: Squa
         return outs.get(crit, [])
 
     for crit, group in groups.items():
-        apply_step(crit, group, shared, policy, clock, latency_ms=ms)
+        apply_step(crit, group, shared, policy, clock, wall_ms=ms, share_ms=ms / pairs)
 
 
 def apply_step(crit: str, group: list[PairState], align: AlignFn, policy: SquadPolicy, clock,
-               latency_ms: float | None = None) -> None:
-    """Run one criterion's aligner over ``group`` (one call); the pairs then wait for fresh scores."""
+               wall_ms: float | None = None, share_ms: float | None = None) -> None:
+    """Run one criterion's aligner over ``group`` (one call); the pairs then wait for fresh scores.
+    Each step records the call's wall time (``wall_ms``, measured here unless given) and the pair's
+    share of it (``share_ms``; by default the wall time over the group's pairs)."""
     t0 = clock()
     error: str | None = None
     try:
@@ -268,7 +285,8 @@ def apply_step(crit: str, group: list[PairState], align: AlignFn, policy: SquadP
     except Exception as e:  # fail-open (default) or fail-closed; the error goes into the trace
         error = f"{type(e).__name__}: {e}"
         outs = None
-    ms = (clock() - t0) * 1000.0 if latency_ms is None else latency_ms
+    wall = (clock() - t0) * 1000.0 if wall_ms is None else wall_ms
+    ms = wall / len(group) if share_ms is None else share_ms
     for k, st in enumerate(group):
         text = strip_markup(outs[k]) if outs is not None else ""
         ok = bool(text.strip())
@@ -278,6 +296,7 @@ def apply_step(crit: str, group: list[PairState], align: AlignFn, policy: SquadP
             st.answer = policy.fail_closed.get(crit, st.answer)
         st.applied.append(crit)
         st.next = None
+        st.cost_ms += ms
         st.steps.append(Step(criterion=crit, score_before=st.scores[crit], threshold=policy.thresholds[crit],
-                             applied=False, answer=st.answer, rewrite=text if ok else None, latency_ms=ms,
+                             applied=False, answer=st.answer, rewrite=text if ok else None, latency_ms=ms, wall_ms=wall,
                              error=error if outs is None else (None if ok else "aligner returned an empty answer")))

@@ -12,7 +12,11 @@ class Step(BaseModel):
     threshold: float = Field(description="The threshold the score was under.")
     applied: bool = Field(description="True when the aligner's output replaced the answer.")
     answer: str = Field(description="The answer after this step.")
-    latency_ms: float = Field(description="Wall time of the aligner call for this step.")
+    latency_ms: float = Field(description=(
+        "This pair's share of the aligner call: the call's wall time divided by the pairs it rewrote "
+        "(on a streaming engine, each interval split among the pairs in flight; on vLLM, the engine's "
+        "own time for this request)."))
+    wall_ms: float | None = Field(None, description="Wall time this pair waited for the step: the whole call's time in a batch.")
     error: str | None = Field(None, description="The aligner's error, when it failed (fail-open keeps the last good answer).")
     rewrite: str | None = Field(None, description="The aligner's output, kept or not.")
     scores_after: dict[str, float] | None = Field(None, description="Inspector scores of the rewrite.")
@@ -38,4 +42,7 @@ class Correction(BaseModel):
     initial_scores: dict[str, float] = Field(description="Inspector scores of the original answer.")
     scores: dict[str, float] = Field(description="Inspector scores of the final answer.")
     steps: list[Step] = Field(default_factory=list)
-    latency_ms: float = Field(description="Wall time of the whole squad run for this pair.")
+    latency_ms: float = Field(description=(
+        "This pair's own cost: its share of every inspector and aligner call on its path (the sum over "
+        "a batch's pairs is the batch's model time)."))
+    wall_ms: float | None = Field(None, description="Wall time from the start of the run this pair was part of to its answer.")

@@ -55,8 +55,11 @@ class Embedder:
 
         from squad.models.registry import load_tokenizer, resolve
 
+        from squad.models.quiet import quiet_loading
+
         path = resolve("all-minilm-l6-v2")
-        self.tok, self.model = load_tokenizer(path), AutoModel.from_pretrained(path).eval()
+        with quiet_loading():
+            self.tok, self.model = load_tokenizer(path), AutoModel.from_pretrained(path).eval()
 
     def __call__(self, texts: list[str]):
         import torch

@@ -141,14 +141,17 @@ class Inspector:
     def _torch_encoder(self, encoder_dir, adapters, heads):
         from transformers import AutoModel
 
-        encoder = AutoModel.from_pretrained(encoder_dir, trust_remote_code=False)
-        if self.kind == "finetuned":
-            from peft import PeftModel
+        from squad.models.quiet import quiet_loading
 
-            names = list(adapters)
-            encoder = PeftModel.from_pretrained(encoder, str(adapters[names[0]]), adapter_name=names[0])
-            for n in names[1:]:
-                encoder.load_adapter(str(adapters[n]), adapter_name=n)
+        with quiet_loading():
+            encoder = AutoModel.from_pretrained(encoder_dir, trust_remote_code=False)
+            if self.kind == "finetuned":
+                from peft import PeftModel
+
+                names = list(adapters)
+                encoder = PeftModel.from_pretrained(encoder, str(adapters[names[0]]), adapter_name=names[0])
+                for n in names[1:]:
+                    encoder.load_adapter(str(adapters[n]), adapter_name=n)
         return encoder.to(self.device).eval()
 
     @property

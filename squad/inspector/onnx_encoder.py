@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,18 +76,20 @@ def export(encoder_dir: Path, tokenizer, adapter: Path | None = None) -> Path:
         return out
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(encoder_dir, attn_implementation="eager", trust_remote_code=False).eval()
-    if adapter is not None:
-        from peft import PeftModel
+    from squad.models.quiet import quiet_export, quiet_loading
 
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+    with quiet_loading():
+        model = AutoModel.from_pretrained(encoder_dir, attn_implementation="eager", trust_remote_code=False).eval()
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
     sample = tokenizer(["a question"], ["an answer"], return_tensors="pt")
     names = list(sample.keys())
     dynamic = {n: {0: "batch", 1: "tokens"} for n in [*names, "hidden"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp")
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # exporter chatter about ops this encoder uses safely
+    with torch.inference_mode(), quiet_export():
         torch.onnx.export(_Forward(model, names), tuple(sample[n] for n in names), str(tmp), input_names=names,
                           output_names=["hidden"], dynamic_axes=dynamic, opset_version=17, dynamo=False)
     os.replace(tmp, out)
@@ -105,8 +106,11 @@ def quantized(model: Path) -> Path:
         return out
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from squad.models.quiet import quiet_quantization
+
     tmp = out.with_name(f"{out.stem}.{os.getpid()}.tmp")
-    quantize_dynamic(str(model), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+    with quiet_quantization():
+        quantize_dynamic(str(model), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
     os.replace(tmp, out)
     return out
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +86,9 @@ def _dequantise(spec: EmbeddedModel, src: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    print(f"[squad] dequantising {spec.gguf_file} into {out} (once)", flush=True)
+    from squad.models.quiet import quiet_loading
+
+    print(f"[squad] dequantising {spec.gguf_file} into {out} (once)", file=sys.stderr)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=spec.gguf_file)
     loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=spec.gguf_file, dtype=torch.float32)
     cfg = AutoConfig.from_pretrained(src, gguf_file=spec.gguf_file)
@@ -95,8 +98,9 @@ def _dequantise(spec: EmbeddedModel, src: Path) -> Path:
     fresh.load_state_dict(loaded.state_dict(), strict=False)
     fresh.tie_weights()
     tmp = out.with_name(out.name + ".tmp")
-    fresh.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
+    with quiet_loading():  # the dequantisation above shows its progress; saving takes a second
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
     tmp.rename(out)
     return out
 
@@ -120,8 +124,11 @@ def _tiny(name: str) -> Path:
         cfg.update(dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4))
         model = AutoModel.from_config(cfg)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
+    from squad.models.quiet import quiet_loading
+
+    with quiet_loading():
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
     try:
         tmp.rename(out)
     except OSError:  # another process won the race
