@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,11 +32,9 @@ def ensure_ray() -> None:
 
     if ray.is_initialized():
         return
-    env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, runtime_env=env)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False, runtime_env=env)
+    from squad.cluster import init_ray
+
+    init_ray(runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}})
 
 
 class _Quiet(logging.Filter):

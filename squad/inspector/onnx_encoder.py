@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,8 @@ def export(encoder_dir: Path, tokenizer, adapter: Path | None = None) -> Path:
 
     from squad.models.quiet import quiet_export, quiet_loading
 
+    what = f"{encoder_dir.name} with adapter {adapter.name!r}" if adapter is not None else encoder_dir.name
+    print(f"[squad] exporting inspector encoder {what} to ONNX into {out.parent} (once)", file=sys.stderr)
     with quiet_loading():
         model = AutoModel.from_pretrained(encoder_dir, attn_implementation="eager", trust_remote_code=False).eval()
         if adapter is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +56,9 @@ def run_sweep(cfg: SweepConfig, trials: int | None = None, force_local: bool = F
 
         own = not ray.is_initialized()
         if own:
-            ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+            from squad.cluster import init_ray
+
+            init_ray()
         ev = ray.remote(num_cpus=0)(Evaluator).remote(**kwargs, threads=torch.get_num_threads())
         try:
             ray.get(ev.ready.remote())
