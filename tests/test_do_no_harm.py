@@ -1,0 +1,62 @@
+"""Do no harm (squad/core/algorithm.py): a rewrite is kept only if its criterion passes and nothing
+that passed fails, in rounds and in the streaming path. Fakes in tests/fakes.py."""
+from __future__ import annotations
+
+import pytest
+
+from fakes import DEFAULT, FakeAligner, FakeInspector, crits, policy, run
+
+
+def test_rewrite_that_breaks_a_passing_criterion_is_rejected():
+    al = FakeAligner(effects={"a": "[b=0.05]"})
+    (c,), insp, _ = run([("Q", "x [a=0.2]")], aligner=al)
+    assert crits(c) == ["a"] and c.changed is False and c.answer == "x [a=0.2]"
+    s = c.steps[0]
+    assert s.applied is False and s.answer == "x [a=0.2]" and s.rewrite == "x <a>[b=0.05]"
+    assert s.rejected == "b passed before (0.90) and fails after (0.05 < 0.50)"
+    assert s.scores_after == {"a": DEFAULT, "b": pytest.approx(0.05), "c": DEFAULT}
+    assert c.scores == c.initial_scores  # the kept answer's scores
+    assert insp.calls[1][0] == [("Q", "x <a>[b=0.05]")]  # the rewrite was what got scored
+
+
+def test_rejected_step_still_counts_and_the_next_criterion_comes_from_the_kept_scores():
+    # a's rewrite does not fix a; b (0.3) is next by the kept answer's scores and its rewrite is kept.
+    al = FakeAligner(effects={"a": "[a=0.1]"})
+    (c,), _, _ = run([("Q", "x [a=0.2][b=0.3]")], aligner=al)
+    assert crits(c) == ["a", "b"]
+    assert [s.applied for s in c.steps] == [False, True]
+    assert c.steps[0].rejected == "a still under its threshold (0.10 < 0.50)"
+    assert c.answer == "x [a=0.2]<b>" and c.scores["a"] == pytest.approx(0.2)
+
+
+def test_accepted_rewrite_records_its_scores_and_text():
+    (c,), _, _ = run([("Q", "x [a=0.2]")])
+    s = c.steps[0]
+    assert s.applied is True and s.rejected is None and s.rewrite == s.answer == c.answer == "x <a>"
+    assert s.scores_after == c.scores
+
+
+def test_do_no_harm_is_the_same_in_the_streaming_path():
+    from squad.core.algorithm import PairState, advance_streaming
+
+    pairs = [("Q1", "x [a=0.2]"), ("Q2", "y [b=0.1]"), ("Q3", "z [a=0.3][c=0.2]")]
+    al = FakeAligner(effects={"a": "[b=0.05]"})
+    want = run(pairs, aligner=al)[0]
+    states = [PairState(q, a, a, 0.0) for q, a in pairs]
+
+    def stream(jobs, done):
+        while jobs:
+            jobs = done([(k, al.fix(c, a)) for k, c, _, a in jobs])
+
+    advance_streaming(states, FakeInspector(), stream, policy(), clock=lambda: 0.0)
+    got = [st.result() for st in states]
+    assert [(g.answer, [(s.criterion, s.applied, s.rejected) for s in g.steps]) for g in got] == \
+        [(w.answer, [(s.criterion, s.applied, s.rejected) for s in w.steps]) for w in want]
+    assert got[0].steps[0].rejected and got[1].steps[0].applied
+
+
+def test_pair_state_round_trips_with_a_pending_rewrite():
+    from squad.core.algorithm import PairState
+
+    st = PairState("q", "a", "a", 0.0, candidate="a2")
+    assert PairState.from_json(st.to_json()).candidate == "a2"
