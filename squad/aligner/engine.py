@@ -128,7 +128,7 @@ class HFEngine:
         return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def _decode(self, model, ids, max_new_tokens, adapters=None, refill=None) -> list[list[int]]:
-        from squad.aligner import decode
+        import squad.aligner.decode as decode
 
         n = self.no_repeat_ngram
         return decode.greedy(model, ids, max_new_tokens, self.stop_ids, self.tokenizer.pad_token_id,
@@ -141,7 +141,7 @@ class HFEngine:
 
     def _decode_supported(self, model) -> bool:
         if not hasattr(self, "_decode_ok"):
-            from squad.aligner import decode
+            import squad.aligner.decode as decode
 
             self._decode_ok = decode.supports(model)
         return self._decode_ok
@@ -195,7 +195,7 @@ def load_engine(base_dir: str | Path, adapters: dict[str, Path] | None = None,
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     if engine.startswith("ct2") or (engine == "auto" and device == "cpu"):
-        from squad.aligner import ct2_engine
+        import squad.aligner.ct2_engine as ct2_engine
 
         if engine != "auto" and device != "cpu":
             raise ValueError(f"engine {engine!r} runs the aligners on CPU here, not on {device!r}; use engine 'hf'")
