@@ -12,13 +12,14 @@ from squad.errors import SquadError
 
 
 def cmd_eval(args) -> int:
-    from squad.sdk.local import Squad
-
     if args.suite and args.data:
         raise SquadError("use either --suite or --data, not both")
     if not args.suite and (args.reuse or args.unlabelled or args.judge or args.labels or args.threshold):
         raise SquadError("--reuse, --unlabelled, --labels, --judge and --threshold go with --suite")
     parse_thresholds(args.threshold)  # argument errors before the (slower) bundle load
+    args.plot = _plot_dir(args.plot)
+    from squad.sdk.local import Squad
+
     squad = Squad.load(args.bundle, engine=args.engine)
     if args.suite:
         return _suites(squad, args)
@@ -27,15 +28,56 @@ def cmd_eval(args) -> int:
     from squad.config.policy import default_policies_dir
 
     rows = read_jsonl(args.data, EvalRow) if args.data else heldout_rows(args.policies or default_policies_dir(), squad.criteria)
+    key = "heldout" if not args.data else Path(args.data).stem
+    if args.plot and not any(r.criterion in squad.criteria for r in rows):
+        raise SquadError(f"--plot: no row of {args.data} names a criterion of the bundle ({squad.criteria}); "
+                         f"the reliability picture needs rows with a 'criterion' field")
     report = evaluate(squad, rows, progress=not args.json)
     if args.save:
         from squad.models.bundle import write_manifest
 
-        key = "heldout" if not args.data else Path(args.data).stem
         metrics = {**squad.manifest.metrics, key: report}
         write_manifest(squad.bundle, squad.manifest.model_copy(update={"metrics": metrics}))
     print(json.dumps(report, indent=2) if args.json else format_table(report))
+    if args.plot:
+        _plot_heldout(squad, rows, key, args)
     return 0
+
+
+def _plot_dir(value: str | None) -> Path | None:
+    """The --plot folder, created now so that a bad path fails before any model runs."""
+    if value is None:
+        return None
+    d = Path(value)
+    if d.exists() and not d.is_dir():
+        raise SquadError(f"--plot {value}: exists and is not a folder")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SquadError(f"--plot {value}: cannot create the folder ({e.strerror})") from None
+    return d
+
+
+def _say_plots(paths: list[Path], calibration: dict[str, dict], args) -> None:
+    """The pictures written and the calibration figures in their legends (on stderr with --json)."""
+    out = sys.stderr if args.json else sys.stdout
+    cal = ", ".join(f"{c} ECE {e['ece']:.3f} Brier {e['brier']:.3f} (n={e['n']})" for c, e in calibration.items())
+    print(f"inspector calibration: {cal}", file=out)
+    for p in paths:
+        print(f"wrote {p}", file=out)
+
+
+def _plot_heldout(squad, rows, key: str, args) -> None:
+    """Held-out split: the reliability picture only (its report keeps no per-row corrections to draw
+    the before/after scores from); the inspectors score the probe again, which is quick."""
+    from squad.eval.metrics import inspector_probe
+    from squad.eval.plots import calibration_figures, draw_reliability, probe_calibration_data
+
+    probe = inspector_probe(rows)
+    data = probe_calibration_data(probe, squad.inspector.score([(q, a) for q, a, _, _ in probe], squad.criteria),
+                                  squad.criteria)
+    path = draw_reliability(args.plot / f"eval-reliability-{key}.png", key, data, squad.policy().thresholds)
+    _say_plots([path], calibration_figures(data), args)
 
 
 def _suites(squad, args) -> int:
@@ -79,6 +121,13 @@ def _suites(squad, args) -> int:
             print(format_suite(folder.name, rep))
             if "judge" in rep:
                 print(_judge_table(rep["judge"]))
+        if args.plot:
+            from squad.eval.plots import calibration_figures, plot_suite, suite_calibration_data
+
+            rep["plots"] = [str(p) for p in plot_suite(args.plot, folder.name, rows, results, policy.thresholds)]
+            rep["calibration"] = calibration_figures(suite_calibration_data(rows, results, list(policy.thresholds)))
+            _say_plots(rep["plots"], rep["calibration"], args)
+        if not args.json:
             print()
     heldout = None
     if len(names) > 1:  # the inspectors on every suite, beside the in-distribution split
@@ -132,6 +181,10 @@ def register(sub) -> None:
     e.add_argument("--judge-api-key-env", default="SQUAD_JUDGE_API_KEY", help="env var holding the judge's API key")
     e.add_argument("--judge-timeout", type=float, default=60.0, help="seconds per judge request")
     e.add_argument("--judge-concurrency", type=int, default=8)
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--plot", nargs="?", const="out/eval/plots", metavar="DIR",
+                   help="draw PNGs into DIR (default out/eval/plots): eval-scores-SUITE.png (inspector scores before "
+                        "and after correction, by hand label) and eval-reliability-SUITE.png (calibration curves, "
+                        "ECE, Brier); on the held-out split, the reliability picture only")
+    e.add_argument("--json", action="store_true", help="print JSON (messages go to stderr)")
     e.add_argument("--save", action="store_true", help="held-out split: store the report in the bundle's manifest.json")
     e.set_defaults(fn=cmd_eval)
