@@ -215,6 +215,7 @@ def test_batch_results_in_input_order_with_duplicates():
 def test_empty_batch():
     out, insp, al = run([])
     assert out == [] and al.calls == []
+    assert insp.calls == []  # no model call with no pairs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +331,10 @@ def test_trace_fields():
     assert c.answer == s2.answer
     assert c.changed is True
     assert c.scores == {"a": DEFAULT, "b": DEFAULT, "c": DEFAULT}
-    assert c.latency_ms >= 0 and all(s.latency_ms >= 0 for s in c.steps)
+    # One pair: each step's share is its whole call, and the pair's cost holds every step's share
+    # plus its inspector passes, all within the pair's wall time.
+    assert all(s.latency_ms == s.wall_ms for s in c.steps)
+    assert sum(s.latency_ms for s in c.steps) < c.latency_ms <= c.wall_ms
     # The trace is the JSON body: it round-trips.
     assert Correction.model_validate_json(c.model_dump_json()) == c
 
@@ -364,12 +368,13 @@ def test_a_batched_step_reports_each_pair_its_share_and_the_call_its_wall_time()
     clock = iter(range(0, 10_000, 100))  # every clock reading advances 100 ms (in seconds: / 1000)
     now = lambda: next(clock) / 1000.0  # noqa: E731
     got = run_squad([("q1", "x [a=0.1]"), ("q2", "y [a=0.2]")], FakeInspector(), FakeAligner(), policy(), clock=now)
-    wall = {s.wall_ms for c in got for s in c.steps}
-    assert len(wall) == 1 and wall.pop() > 0  # one call served both pairs
+    # Readings: start 0; inspector 100-200; aligner 300-400; re-score 500-600 (ms).
+    assert [s.wall_ms for c in got for s in c.steps] == [pytest.approx(100.0)] * 2  # one call served both pairs
     for c in got:
         assert c.steps[0].latency_ms == pytest.approx(c.steps[0].wall_ms / 2)
-    # Summed over the batch, the shares are the model time of the run; each pair waited the whole run.
-    assert sum(c.latency_ms for c in got) < got[0].wall_ms + got[1].wall_ms
+    # Each pair's cost is half of each of the three calls; each pair waited the whole run.
+    assert [c.latency_ms for c in got] == [pytest.approx(150.0)] * 2
+    assert [c.wall_ms for c in got] == [pytest.approx(600.0)] * 2
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from squad.cli.batch import register
-from squad.errors import SquadError
+from squad.errors import ConfigError, SquadError
 
 pytestmark = pytest.mark.ray
 
@@ -261,7 +261,7 @@ def test_stage_resources_become_ray_actor_requests():
     cfg = load_batch_config(None, ["aligner.num_gpus=0.5", "inspector.memory_gb=0"])
     assert cfg.aligner.ray_args() == {"num_cpus": 0.3, "num_gpus": 0.5, "memory": int(3.5 * 2**30)}
     assert cfg.inspector.ray_args() == {"num_cpus": 0.25}  # no GPU, no memory reservation
-    with pytest.raises(Exception, match="memory_gb"):
+    with pytest.raises(ConfigError, match=r"aligner\.memory_gb\n\s*Input should be greater than or equal to 0"):
         load_batch_config(None, ["aligner.memory_gb=-1"])
 
 

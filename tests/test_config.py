@@ -155,7 +155,7 @@ def test_malformed_override_errors(override):
 def test_override_that_clashes_with_the_file_structure(tmp_path):
     # aligner is a mapping in the file; an override can't turn it into a scalar silently.
     msg = _config_error(TRAIN, ["aligner=5"])
-    assert str(TRAIN) in msg
+    assert str(TRAIN) in msg and "field 'aligner'" in msg, msg
 
 
 def test_missing_config_file(tmp_path):
@@ -168,6 +168,7 @@ def test_malformed_yaml_is_a_config_error(tmp_path):
     p.write_text("aligner: {epochs: 2\nrun_name: ]\n")
     msg = _config_error(p)
     assert str(p) in msg
+    assert "line 2, column 9" in msg, msg  # the parser's own account of where the file breaks
 
 
 def test_missing_interpolation_is_a_config_error(tmp_path):

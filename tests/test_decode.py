@@ -60,9 +60,17 @@ def test_greedy_bans_repeated_ngrams_of_the_completion_only(engine):
 
 
 def test_decode_supports_plain_kv_caches(engine):
+    from types import SimpleNamespace
+
+    from transformers import MistralConfig
+
     from squad.aligner import decode
 
     assert decode.supports(engine.model_for(None))
+    # A sliding-window model's cache drops old keys: the continuous decoder must not take it.
+    windowed = MistralConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                             sliding_window=8)
+    assert not decode.supports(SimpleNamespace(config=windowed))
 
 
 def test_refill_adds_prompts_to_the_running_batch_with_the_same_tokens(engine):

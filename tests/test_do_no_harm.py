@@ -58,5 +58,11 @@ def test_do_no_harm_is_the_same_in_the_streaming_path():
 def test_pair_state_round_trips_with_a_pending_rewrite():
     from squad.core.algorithm import PairState
 
-    st = PairState("q", "a", "a", 0.0, candidate="a2")
-    assert PairState.from_json(st.to_json()).candidate == "a2"
+    from squad.core.correction import Step
+
+    st = PairState("q", "a <|im_end|>", "a", 1.5, scores={"a": 0.2}, initial={"a": 0.2}, applied=["a"],
+                   steps=[Step(criterion="a", score_before=0.2, threshold=0.5, applied=False, answer="a",
+                               rewrite="a2", latency_ms=3.0, wall_ms=6.0)], candidate="a2", cost_ms=4.5)
+    back = PairState.from_json(st.to_json())
+    assert back.needs_scores and back.scored_text == "a2"  # the pending rewrite is what gets scored next
+    assert back == st  # every field, the steps included

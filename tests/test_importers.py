@@ -6,7 +6,6 @@ errors file. Pure Python: no Ray, no models.
 """
 from __future__ import annotations
 
-import argparse
 import bz2
 import gzip
 import json
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from squad.cli import data as cli_data
+from squad.cli.main import main
 from squad.data.rows import CorrectionRow, read_jsonl
 from squad.errors import DataError, SquadError
 from squad.data.importers import (FORMATS, ImportOptions, RecordError, convert_aligner, convert_hh_rlhf,
@@ -356,25 +355,14 @@ def test_refuses_to_overwrite_an_input(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The CLI, through a local parser built with register()
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="squad")
-    sub = p.add_subparsers(dest="command", required=True)
-    cli_data.register(sub)
-    return p
+# The CLI, through squad.cli.main as `squad data ...` runs it
 
 
 def cli(argv, capsys) -> tuple[int, str, str]:
     try:
-        args = parser().parse_args(argv)
-        code = args.fn(args)
-    except SystemExit as e:
+        code = main(argv)
+    except SystemExit as e:  # argparse (--help, usage errors)
         code = e.code
-    except SquadError as e:  # what squad.cli.main does
-        print(f"squad data: error: {e}", file=__import__("sys").stderr)
-        code = 2
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -426,8 +414,8 @@ def test_cli_strict_and_nothing_converted_exit_3(tmp_path, capsys):
 
 def test_cli_clear_errors(tmp_path, capsys):
     code, out, err = cli(["data", "import", "-f", "shp", str(ALIGNER), "-o", str(tmp_path / "o.jsonl")], capsys)
-    assert code == 2 and "unknown format 'shp'" in err and out == ""
+    assert code == 2 and err.startswith("squad data: error: unknown format 'shp'") and out == ""
     assert not (tmp_path / "o.jsonl").exists()
     code, _, err = cli(["data", "import", "-f", "aligner", str(tmp_path / "missing"), "-o", str(tmp_path / "o.jsonl")],
                        capsys)
-    assert code == 2 and "no such file or folder" in err
+    assert code == 2 and err.startswith("squad data: error: ") and "no such file or folder" in err

@@ -18,7 +18,7 @@ def test_missing_package_says_how_to_install():
 def test_unknown_name_or_path(tmp_path):
     with pytest.raises(ModelNotFoundError, match="never downloaded"):
         models.resolve(str(tmp_path / "nope"))
-    with pytest.raises(ModelNotFoundError):
+    with pytest.raises(ModelNotFoundError, match="'some-org/some-hub-model' is neither a registry name"):
         models.resolve("some-org/some-hub-model")
 
 
@@ -28,9 +28,20 @@ def test_local_directory_is_accepted():
 
 
 def test_offline_is_forced():
+    """Importing the registry turns the Hugging Face offline switches on, even when the caller
+    (unlike this test session's conftest) left them unset; an explicit setting is respected."""
     import os
+    import subprocess
+    import sys
 
-    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    probe = ("import os, squad.models.registry; "
+             "print(os.environ.get('HF_HUB_OFFLINE'), os.environ.get('TRANSFORMERS_OFFLINE'))")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "1"]
+    out = subprocess.run([sys.executable, "-c", probe], env={**env, "HF_HUB_OFFLINE": "0"}, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.split() == ["0", "1"]
 
 
 @pytest.mark.parametrize("features", ["joint", "span", "pair"])

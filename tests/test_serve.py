@@ -198,9 +198,11 @@ def test_openai_client_non_streaming_and_streaming(server):
     text = "".join(ch.choices[0].delta.content or "" for ch in chunks)
     assert text == trace["answer"]  # same upstream answer, same squad: same corrected text
     assert chunks[-1].choices[0].finish_reason == "stop" and "squad" in chunks[-1].model_extra
-    with pytest.raises(Exception) as e:
+    import openai
+
+    with pytest.raises(openai.BadRequestError, match="field 'messages': needs at least one message with role 'user'") as e:
         client.chat.completions.create(model="x", messages=[{"role": "system", "content": "no user turn"}])
-    assert "user" in str(e.value)
+    assert e.value.status_code == 400
 
 
 def test_user_config_change_takes_effect(server):

@@ -87,10 +87,13 @@ def test_streaming_splits_each_interval_among_the_jobs_in_flight():
 
 
 def test_streaming_rescores_only_the_pairs_that_finished():
+    want, _, _ = run(PAIRS)
     ins = FakeInspector()
     stream(PAIRS, FakeStream(per_call=2), inspector=ins)
     assert len(ins.calls[0][0]) == len(PAIRS)  # everyone scored once up front
-    assert all(len(pairs) <= 2 for pairs, _ in ins.calls[1:])  # then only what just finished
+    rescored = [len(pairs) for pairs, _ in ins.calls[1:]]
+    assert rescored and all(n <= 2 for n in rescored)  # then only what just finished (2 per engine call)
+    assert sum(rescored) == sum(len(w.steps) for w in want)  # each step's rewrite scored exactly once
 
 
 def test_streaming_aligner_failure_is_recorded_and_the_pairs_go_on():
@@ -149,5 +152,8 @@ def test_aligner_correct_stream_without_a_streaming_engine_runs_rounds():
 
     al.correct_stream([(0, "a", "q", "x"), (1, "b", "q", "y")], done)
     assert seen[0] == [(0, "a:x"), (1, "b:y")] and seen[1] == [(10, "b:a:x"), (11, "b:b:y")]
-    with pytest.raises(KeyError, match="zzz"):
+    # Round 1: one generate call per criterion; round 2: both follow-up b jobs in one call.
+    assert eng.calls == [("a", 1), ("b", 1), ("b", 2)]
+    with pytest.raises(KeyError, match="no aligner for criterion 'zzz'"):
         al.correct_stream([(0, "zzz", "q", "x")], done)
+    assert len(eng.calls) == 3  # nothing generated for an unknown criterion
