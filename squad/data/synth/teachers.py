@@ -84,18 +84,19 @@ class OpenAITeacher:
 
 
 class LocalTeacher:
-    """A registry name or local HF model directory, on ``HFEngine`` (greedy: ``temperature`` is unused).
+    """A registry name or local HF model directory on the default engine (CTranslate2 on CPU, see
+    ``squad.aligner.engine.load_engine``); greedy: ``temperature`` is unused.
 
     Prompts go through the tokenizer's chat template as one user turn, with every special-token
     string in them neutralised first, so generated questions and answers cannot act as structure.
     """
 
     def __init__(self, name_or_path: str, device: str = "cpu", batch_size: int = 8):
-        from squad.aligner.engine import HFEngine
+        from squad.aligner.engine import load_engine
         from squad.models.registry import resolve
 
         self.name = name_or_path
-        self.engine = HFEngine(resolve(name_or_path), device=device, batch_size=batch_size)
+        self.engine = load_engine(resolve(name_or_path), device=device, batch_size=batch_size)
         self.specials = special_strings(self.engine.tokenizer)
 
     def _prompt(self, text: str) -> str:
