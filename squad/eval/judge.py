@@ -42,6 +42,10 @@ def parse_verdict(reply: str) -> str | None:
     return m.group(1).upper() if m else None
 
 
+# Untrusted text cannot carry chat-template markup, nor open or close the prompt's own quotes.
+QUOTE_BREAKERS = [*TEMPLATE_MARKERS, "<<<", ">>>"]
+
+
 class Judge:
     """An OpenAI-compatible chat endpoint asked pairwise questions concurrently."""
 
@@ -83,7 +87,7 @@ class Judge:
             pol = policies[c]
             a, b = (it["original"], it["answer"]) if order == "original_first" else (it["answer"], it["original"])
             prompt = JUDGE_PROMPT.format(name=c, principle=pol.principle,
-                                         **{k: neutralise(v, list(TEMPLATE_MARKERS)) for k, v in
+                                         **{k: neutralise(v, QUOTE_BREAKERS) for k, v in
                                             (("question", it["question"]), ("a", a), ("b", b))})
             try:
                 reply = self.ask(prompt)
