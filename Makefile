@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/python -m squad.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not real" tests
