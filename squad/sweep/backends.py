@@ -106,7 +106,8 @@ def run_local(cfg: SweepConfig, evaluator, out: Path, trials: int | None, log: C
                 f"aligner cache misses {result['aligner_misses']}")
 
     callbacks = [_Progress(cfg.metric.name), JsonLoggerCallback()]
-    if os.environ.get("WANDB_MODE") != "disabled":  # one offline W&B run per trial, named by its trial id
+    log_wandb = os.environ.get("WANDB_MODE") != "disabled"
+    if log_wandb:  # one offline W&B run per trial, named by its trial id
         from ray.air.integrations.wandb import WandbLoggerCallback
 
         callbacks.append(WandbLoggerCallback(project=cfg.project, group=cfg.name, mode="offline",
@@ -127,10 +128,9 @@ def run_local(cfg: SweepConfig, evaluator, out: Path, trials: int | None, log: C
         grid = tuner.fit()
     if grid.errors:
         raise SquadError(f"{len(grid.errors)} sweep trial(s) failed; first: {grid.errors[0]}")
-    wandb = any(type(c).__name__ == "WandbLoggerCallback" for c in callbacks)
     return [{"trial": r.metrics["trial_id"], "config": r.config,
              **{k: r.metrics[k] for k in (*METRICS, "aligner_misses", "inspector_misses")},
-             "wandb_run": r.metrics["trial_id"] if wandb else None}
+             "wandb_run": r.metrics["trial_id"] if log_wandb else None}
             for r in grid]
 
 
