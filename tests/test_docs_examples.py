@@ -7,6 +7,8 @@ The rules the documentation follows (checked here):
   so every example starts its own local Ray as a user's would).
 - Blocks that are not examples carry another tag (```text, ```yaml, ```console, ...); an untagged
   fence is an error.
+- An example that succeeds prints nothing a user would take for trouble on stderr (``NOISE``:
+  warnings, error-level log lines, tracebacks); the project's own ``[squad]`` notes are fine.
 - An example that cannot run here (a GPU, a hosted API, a teacher or judge LLM) has
   ``<!-- example: skip (the reason) -->`` on the line before its fence. Skips must name a reason
   and stay few (``MAX_SKIPS``).
@@ -47,6 +49,9 @@ EXAMPLE_TIMEOUT_S = 900
 # Only an ordering hint for the runner (these start Ray or decode with the models in-process).
 SLOW_COMMANDS = ("squad train", "squad synth", "squad sweep", "squad batch", "squad eval")
 SERVER_START_S = 900
+# What a user must not see from a working example: Python warnings, log lines at WARNING or ERROR
+# (Python's logging, Ray's, glog's "[date E pid tid] file.cc:"), tracebacks.
+NOISE = re.compile(r"\b\w*Warning\b|\bWARNING\b|\bERROR\b|^\[[^\]]* [EW] \d+ \d+\]|Traceback", re.M)
 
 FENCE = re.compile(r"^ {0,3}(`{3,})(.*)$")
 MARKER = re.compile(r"^<!--\s*example:\s*(.*?)\s*-->$")
@@ -149,6 +154,10 @@ def run_block(block: Block, port: int | None = None, timeout: float = EXAMPLE_TI
         out = (done.stdout + done.stderr)[-4000:]
         return (f"{block.where}: {block.lang} example failed with exit code {done.returncode} after {took:.0f} s\n"
                 f"{block.code}--- output (tail) ---\n{out}")
+    noise = [line for line in done.stderr.splitlines() if NOISE.search(line) and not line.startswith("[squad] ")]
+    if noise:
+        return (f"{block.where}: {block.lang} example worked but printed {len(noise)} warning or error line(s):\n"
+                + "\n".join(noise[:20]))
     return None
 
 
@@ -222,6 +231,10 @@ def test_the_runner_fails_on_a_failing_example(tmp_path):
     assert msg and msg.startswith(f"{doc}:7: python example failed") and "stale example" in msg
     msg = run_block(Block(doc, 3, "bash", "true\nfalse\necho not reached\n", None, None))
     assert msg and msg.startswith(f"{doc}:3: bash example failed with exit code 1") and "not reached" not in msg.split("---")[-1]
+    noisy = "echo '/x.py:3: FutureWarning: soon' >&2\necho '[2026-12-07 08:19:39,316 E 1 1] core_worker.cc:1: x' >&2\n"
+    msg = run_block(Block(doc, 3, "bash", noisy + "echo '[squad] a note of ours' >&2\n", None, None))
+    assert msg and msg.startswith(f"{doc}:3: bash example worked but printed 2 warning or error line(s)")
+    assert "FutureWarning" in msg and "core_worker" in msg and "a note of ours" not in msg
 
 
 # ---------------------------------------------------------------------------------------------

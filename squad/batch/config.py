@@ -58,6 +58,10 @@ class BatchConfig(_Strict):
                                                                          memory_gb=3.5))
     engine_batch: int = Field(32, ge=1, description="Rows decoding together in an aligner actor (continuous batching slots).")
     progress: bool = Field(True, description="Show a progress bar over rows (stderr).")
+    actor_restarts: int = Field(
+        0, ge=-1, description="Times Ray may restart a crashed stage actor (-1: no limit). 0: a crash fails the run "
+                              "at once. Above 0 Ray prints an error-level note at every actor start, because Ray "
+                              "Data passes constructor arguments through the object store (ray#57733).")
 
 
 def load_batch_config(path: str | Path | None = None, overrides: list[str] | None = None) -> BatchConfig:

@@ -116,7 +116,7 @@ def stream_states(states: list[PairState], bundle: str, cfg: BatchConfig, policy
     """Run the pipeline over ``states``; yields them back, finished, in order."""
     import ray
 
-    from squad.batch.stages import InspectStage, RoundStage, SquadStage, actor_pool, vllm_round
+    from squad.batch.stages import InspectStage, RoundStage, SquadStage, actor_pool, restarts_option, vllm_round
     from squad.models.bundle import read_manifest, resolve_bundle
 
     path = resolve_bundle(bundle)
@@ -129,9 +129,11 @@ def stream_states(states: list[PairState], bundle: str, cfg: BatchConfig, policy
                              override_num_blocks=max(1, math.ceil(len(states) / rows_per_block)))
 
     def stage(udf, st: StageResources, **kw):
-        return ds.map_batches(udf, batch_size=st.batch_size, compute=actor_pool(1, st.concurrency),
-                              fn_constructor_kwargs=dict(bundle=actor_bundle, policy=policy, threads=st.torch_threads,
-                                                         device=_device(st), **kw), **st.ray_args())
+        with restarts_option():
+            return ds.map_batches(udf, batch_size=st.batch_size, compute=actor_pool(1, st.concurrency),
+                                  fn_constructor_kwargs=dict(bundle=actor_bundle, policy=policy, device=_device(st),
+                                                             threads=st.torch_threads, **kw),
+                                  max_restarts=cfg.actor_restarts, **st.ray_args())
 
     if resolve_layout(cfg, policy, vllm, ray.cluster_resources()) == "fused" and not vllm:
         for row in stage(SquadStage, cfg.aligner, engine_batch=cfg.engine_batch, engine=local).iter_rows():
@@ -140,7 +142,7 @@ def stream_states(states: list[PairState], bundle: str, cfg: BatchConfig, policy
     ds = stage(InspectStage, cfg.inspector, preload=True)
     for _ in range(policy.max_steps):
         if vllm:
-            ds = vllm_round(ds, actor_bundle, path, manifest, policy, cfg.aligner)
+            ds = vllm_round(ds, actor_bundle, path, manifest, policy, cfg.aligner, cfg.actor_restarts)
             ds = stage(InspectStage, cfg.inspector, preload=True)
         else:
             ds = stage(RoundStage, cfg.aligner, engine_batch=cfg.engine_batch, preload=True, engine=local)

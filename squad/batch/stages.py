@@ -10,8 +10,10 @@ rounds' work; without it, an actor loads on its first batch with work.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+import warnings
 import time
 from pathlib import Path
 
@@ -161,7 +163,7 @@ class VllmApply:
         return {"idx": batch["idx"], "state": np.array([st.to_json() for st in states], dtype=object)}
 
 
-def vllm_round(ds, bundle: str, path: Path, manifest, policy: SquadPolicy, stage):
+def vllm_round(ds, bundle: str, path: Path, manifest, policy: SquadPolicy, stage, restarts: int = 0):
     """One aligner round on vLLM: prompts, the engine (ray.data.llm), then the squad step."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
@@ -180,11 +182,21 @@ def vllm_round(ds, bundle: str, path: Path, manifest, policy: SquadPolicy, stage
                                                               "stop": stop}},
         postprocess=lambda r: {"idx": r["idx"], "state": r["state"], "generated": r["generated_text"],
                                "llm_s": r["time_taken_llm"]})
-    ds = ds.map(VllmPrompts, fn_constructor_kwargs=dict(bundle=bundle, base=base,
-                                                        max_new_tokens=manifest.aligner.max_new_tokens),
-                compute=actor_pool(1), num_cpus=0.1)
-    return processor(ds).map_batches(VllmApply, fn_constructor_kwargs=dict(policy=policy), compute=actor_pool(1),
-                                     num_cpus=0.1)
+    with restarts_option():
+        ds = ds.map(VllmPrompts, fn_constructor_kwargs=dict(bundle=bundle, base=base,
+                                                            max_new_tokens=manifest.aligner.max_new_tokens),
+                    compute=actor_pool(1), num_cpus=0.1, max_restarts=restarts)
+        return processor(ds).map_batches(VllmApply, fn_constructor_kwargs=dict(policy=policy),
+                                         compute=actor_pool(1), num_cpus=0.1, max_restarts=restarts)
+
+
+@contextlib.contextmanager
+def restarts_option():
+    """Ray 2.60's map_batches takes ``max_restarts`` only through ``**ray_remote_args``, which warns
+    that the route goes in Ray 2.64 (pyproject keeps Ray below that); that one warning is dropped here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+        yield
 
 
 def actor_pool(size: int, max_size: int | None = None):
