@@ -1,12 +1,13 @@
-"""Starting or joining the Ray cluster that ``squad batch`` and ``squad sweep`` run on."""
+"""Starting or joining the Ray cluster that ``squad batch``, ``squad sweep`` and ``squad train`` run on."""
 from __future__ import annotations
 
 import logging
 import os
 
 
-def init_ray(**kwargs) -> None:
-    """``ray.init`` on RAY_ADDRESS when set, else a local cluster, without the dashboard.
+def init_ray(local: bool = False, **kwargs) -> None:
+    """``ray.init`` on RAY_ADDRESS when set (and not ``local``), else a local cluster, without the dashboard.
+    Workers' output stays in Ray's session logs (``log_to_driver=False``).
 
     Ray (2.60 here) logs a warning on every start that token authentication is on, which is what
     we want; that one note is dropped here, at its logger, and nothing else."""
@@ -16,9 +17,9 @@ def init_ray(**kwargs) -> None:
     level = auth.level
     auth.setLevel(logging.ERROR)
     try:
-        if os.environ.get("RAY_ADDRESS"):
+        if os.environ.get("RAY_ADDRESS") and not local:
             ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, **kwargs)
         else:
-            ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, **kwargs)
     finally:
         auth.setLevel(level)

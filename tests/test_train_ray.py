@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,34 @@ def test_run_jobs_keeps_within_capacity_on_ray(ray_cluster):
     logs = []
     run_jobs(jobs, None, lambda name, *_: work.remote(name), logs.append)
     assert logs[0].endswith("all at once")
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_workers_progress_is_drawn_by_the_driver(ray_cluster, live):
+    """Bars in Ray workers report to the run's board; the driver draws them: a line per finished bar
+    when the output is not a terminal, rich bars when it is."""
+    import io
+
+    from squad.train.progress import Bar, Display, start_board
+
+    board, name = start_board()
+
+    @ray_cluster.remote(num_cpus=0)
+    def loop(board_name):
+        bar = Bar("aligner/demo epoch 1/1", 3, board_name)
+        for _ in range(3):
+            bar.update(1)
+        bar.set_description("aligner/demo epoch 1/1 loss 0.500")
+        bar.close()
+        return bar.local is None  # drawn by the driver, not by a tqdm of its own
+
+    out = io.StringIO()
+    with Display(board, stream=out, live=live):
+        assert ray_cluster.get(loop.remote(name))
+    text = out.getvalue()
+    if live:
+        assert "aligner/demo epoch 1/1 loss 0.500" in text and "3/3" in text
+    else:
+        assert text.splitlines() == [line for line in text.splitlines() if line.startswith("[squad] ")]
+        assert re.fullmatch(r"\[squad\] aligner/demo epoch 1/1 loss 0\.500: 3/3 in \d+\.\d s\n", text)
+    ray_cluster.kill(board)

@@ -86,10 +86,11 @@ def _unwrap(model):
 def train_aligner(config: dict) -> None:
     import ray.train
     import ray.train.torch
-    from ray.experimental.tqdm_ray import tqdm  # progress bars that render in the driver
 
+    from squad.models.quiet import quiet_loading
     from squad.models.registry import load_tokenizer
     from squad.tracking import init_run
+    from squad.train.progress import Bar
     from squad.train.checkpointing import load_optimizer, read_state, save_optimizer, starting_checkpoint, write_state
 
     spec, crit = config["spec"], config["criterion"]
@@ -104,7 +105,8 @@ def train_aligner(config: dict) -> None:
     main = build_examples(tok, config["instruction"], config["corrections"], "correction", spec["max_length"])
     phases = [("warmup", warm)] * spec["warmup_epochs"] + [("correct", main)] * spec["epochs"]
 
-    model = build_model(config["base_dir"], spec)
+    with quiet_loading():
+        model = build_model(config["base_dir"], spec)
     params = [p for p in model.parameters() if p.requires_grad]
     start_epoch, step = 0, 0
     ckpt = starting_checkpoint(config)
@@ -136,7 +138,7 @@ def train_aligner(config: dict) -> None:
         phase, examples = phases[epoch]
         n_batches = -(-len(examples[rank::world]) // spec["batch_size"])
         desc = f"aligner/{crit} epoch {epoch + 1}/{len(phases)} ({phase})"
-        bar = tqdm(desc=desc, total=n_batches, position=config.get("position")) if rank == 0 else None
+        bar = Bar(desc, n_batches, config.get("progress_board")) if rank == 0 else None
         total, count = 0.0, 0
         for ids, mask, labels in batches(examples, spec["batch_size"], tok.pad_token_id, config["seed"] + epoch, rank, world):
             ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)

@@ -14,19 +14,8 @@ import torch
 from torch import nn
 
 from squad.train.batching import length_grouped
-
-
-def _progress(**kw):
-    """Ray's driver-rendered progress bar inside Ray workers, plain tqdm elsewhere."""
-    import ray
-
-    if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
-        from ray.experimental.tqdm_ray import tqdm
-
-        return tqdm(desc=kw.get("desc"), total=kw.get("total"))
-    from tqdm import tqdm
-
-    return tqdm(desc=kw.get("desc"), total=kw.get("total"), mininterval=2)
+from squad.models.quiet import quiet_loading
+from squad.train.progress import Bar
 
 
 def _embedder(encoder):
@@ -43,13 +32,14 @@ def _device(spec: dict) -> torch.device:
 
 
 def embed_pairs(encoder, tok, pairs: list[tuple[str, str]], max_length: int, features: str = "joint",
+                board: str | None = None,
                 batch_size: int = 64, device: torch.device | str = "cpu") -> torch.Tensor:
     """Head inputs for every pair, computed once (the encoder is frozen)."""
     from squad.inspector.classifier import pair_features
 
     out = []
     with torch.inference_mode():
-        bar = _progress(desc="inspector: embedding pairs", total=-(-len(pairs) // batch_size))
+        bar = Bar("inspector: embedding pairs", -(-len(pairs) // batch_size), board)
         for i in range(0, len(pairs), batch_size):
             out.append(pair_features(_embedder(encoder), tok, pairs[i:i + batch_size], max_length, features, device))
             bar.update(1)
@@ -90,11 +80,13 @@ def train_shared_inspector(config: dict) -> None:
     torch.set_num_threads(spec["scaling"]["torch_threads"])
     tok = load_tokenizer(Path(config["base_dir"]))
     device = _device(spec)
-    encoder = AutoModel.from_pretrained(config["base_dir"], trust_remote_code=False).to(device).eval()
+    with quiet_loading():
+        encoder = AutoModel.from_pretrained(config["base_dir"], trust_remote_code=False).to(device).eval()
     rows: dict[str, list[dict]] = config["rows"]
     pairs = sorted({(r["question"], r["answer"]) for rs in rows.values() for r in rs})
     index = {p: i for i, p in enumerate(pairs)}
-    emb = embed_pairs(encoder, tok, pairs, spec["max_length"], spec.get("features", "joint"), device=device)
+    emb = embed_pairs(encoder, tok, pairs, spec["max_length"], spec.get("features", "joint"),
+                      board=config.get("progress_board"), device=device)
     run = init_run(config["wandb"]["project"], "inspector-shared", config["wandb"]["mode"], spec,
                    directory=config.get("wandb_dir"), group=config["run_name"])
     heads, metrics = {}, {}
@@ -117,13 +109,14 @@ def finetuned_encoder(base_dir: str):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel
 
-    encoder = AutoModel.from_pretrained(base_dir, trust_remote_code=False)
-    return get_peft_model(encoder, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1,
-                                              target_modules=["query", "key", "value", "dense"]))
+    with quiet_loading():
+        encoder = AutoModel.from_pretrained(base_dir, trust_remote_code=False)
+        return get_peft_model(encoder, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.1,
+                                                  target_modules=["query", "key", "value", "dense"]))
 
 
 def fit_finetuned(encoder, head, tok, rows: list[dict], spec: dict, seed: int, start: int = 0,
-                  on_epoch=None, desc: str = "inspector") -> None:
+                  on_epoch=None, desc: str = "inspector", board: str | None = None) -> None:
     """Train encoder adapter and head together, calling ``on_epoch(epoch, metrics)`` after each epoch."""
     from squad.inspector.classifier import pair_features
 
@@ -151,7 +144,7 @@ def fit_finetuned(encoder, head, tok, rows: list[dict], spec: dict, seed: int, s
             groups = [order[i:i + bs] for i in range(0, len(order), bs)]
         encoder.train(), head.train()
         total = 0.0
-        bar = _progress(desc=f"{desc} epoch {epoch + 1}", total=len(groups))
+        bar = Bar(f"{desc} epoch {epoch + 1}", len(groups), board)
         for group in groups:
             chunk = [rows[j] for j in group]
             x = pair_features(_embedder(encoder), tok, [(r["question"], r["answer"]) for r in chunk],
@@ -206,6 +199,7 @@ def train_finetuned_inspector(config: dict) -> None:
             write_state(Path(tmp), epoch=epoch)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    fit_finetuned(encoder, head, tok, config["rows"][crit], spec, config["seed"], start, report, f"inspector/{crit}")
+    fit_finetuned(encoder, head, tok, config["rows"][crit], spec, config["seed"], start, report, f"inspector/{crit}",
+                  config.get("progress_board"))
     if run:
         run.finish()

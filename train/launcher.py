@@ -38,7 +38,7 @@ _RESUMABLE = ("epochs", "finetune_epochs", "scaling", "save_dtype", "gradient_ch
 
 def job_fingerprint(loop: str, loop_config: dict) -> str:
     """What a model's checkpoints depend on: its loop, rows and settings (not epochs or resources)."""
-    keep = {k: v for k, v in loop_config.items() if k not in ("position", "wandb", "wandb_dir", "run_name")}
+    keep = {k: v for k, v in loop_config.items() if k not in ("wandb", "wandb_dir", "run_name", "progress_board")}
     keep["spec"] = {k: v for k, v in keep.get("spec", {}).items() if k not in _RESUMABLE}
     blob = json.dumps({"loop": loop, "config": keep}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -198,8 +198,6 @@ def plan_jobs(cfg: TrainConfig, root: Path) -> tuple[dict, list[tuple[str, str, 
         for c in policies:
             jobs.append((f"inspector-{c}", "squad.train.inspector_loop.train_finetuned_inspector",
                          {**icfg, "rows": {c: irows[c]}, "criterion": c}, cfg.inspector.scaling))
-    for pos, (_, _, conf, _) in enumerate(jobs):
-        conf["position"] = pos  # one progress-bar row per model
     hashes = {k: v for d in data.values() for k, v in d.hashes.items()}
     return policies, jobs, hashes
 
@@ -213,23 +211,28 @@ def train_squad(cfg: TrainConfig, root: Path | None = None, log=print) -> Path:
     started = time.time()
     own_ray = not ray.is_initialized()
     if own_ray:
+        from squad.cluster import init_ray
+
+        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         if cfg.local_mode or not os.environ.get("RAY_ADDRESS"):
             # Six trainers starting at once on a small busy machine can take minutes to get their workers
             # up; Ray Train's 60 s default then fails the run, so wait longer unless told otherwise.
-            wait = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")
-            ray.init(include_dashboard=False, log_to_driver=True,
-                     runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                                               "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": wait}})
-        else:
-            ray.init(address=os.environ["RAY_ADDRESS"])
+            env["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")
+        init_ray(local=cfg.local_mode, runtime_env={"env_vars": env})  # workers' output stays in Ray's logs; progress comes below
     try:
+        from squad.train.progress import Display, start_board
+
         fit = ray.remote(num_cpus=0)(_fit)
+        board, board_name = start_board()
+        for _, _, conf, _ in jobs:
+            conf["progress_board"] = board_name
         # On a Ray we started here, models that do not all fit wait in the launcher, longest first, rather
         # than in Ray Train (whose worker-group start timeout fails a model that waits too long).
         capacity = ({k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
                     if own_ray and (cfg.local_mode or not os.environ.get("RAY_ADDRESS")) else None)
-        ckpts = run_jobs(jobs, capacity, lambda name, loop, conf, scaling: fit.remote(
-            name, loop, conf, scaling.model_dump(), storage, cfg.run_name), log, started)
+        with Display(board):
+            ckpts = run_jobs(jobs, capacity, lambda name, loop, conf, scaling: fit.remote(
+                name, loop, conf, scaling.model_dump(), storage, cfg.run_name), log, started)
     finally:
         if own_ray:
             ray.shutdown()

@@ -18,7 +18,7 @@ def correct_file(squad, src: Path, dst: Path, criteria=None, thresholds=None, ba
     n_in = n_out = n_err = 0
     batch: list[tuple[int, PairRow, dict]] = []
     with open(dst, "w", encoding="utf-8") as out, open(errors, "w", encoding="utf-8") as err, \
-            tqdm(total=total, desc="correcting", unit="row") as bar:
+            tqdm(total=total, desc="correcting", unit="row", disable=None) as bar:
         def flush():
             nonlocal n_out
             if not batch:

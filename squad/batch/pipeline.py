@@ -178,7 +178,7 @@ def run_batch(src: str | Path, out: str | Path, bundle: str | Path = "default", 
     started = time.perf_counter()
     total = sum(1 for line in open(source.path, "rb") if line.strip()) if Path(source.path).is_file() \
         and source.format == "jsonl" else None
-    bar = tqdm(desc="squad batch", unit="row", total=total, disable=not cfg.progress)
+    bar = tqdm(desc="squad batch", unit="row", total=total, disable=None if cfg.progress else True)
     try:
         n_in = n_out = n_err = 0
         chunk: list[tuple[int, PairRow, dict]] = []

@@ -100,7 +100,7 @@ class Judge:
             return job, pick, None
 
         with ThreadPoolExecutor(max(1, self.client.concurrency)) as pool:
-            done = list(tqdm(pool.map(one, jobs), total=len(jobs), desc="judge", disable=not progress))
+            done = list(tqdm(pool.map(one, jobs), total=len(jobs), desc="judge", disable=None if progress else True))
         return tally(done, list(policies))
 
 

@@ -100,7 +100,7 @@ def evaluate(squad, rows: list[EvalRow], progress: bool = True, embed=None) -> d
     # The squad itself, batched, on every item.
     results = []
     batch = 16
-    for i in tqdm(range(0, len(rows), batch), desc="eval: correcting", disable=not progress):
+    for i in tqdm(range(0, len(rows), batch), desc="eval: correcting", disable=None if progress else True):
         results += squad.correct_batch([(r.question, r.answer) for r in rows[i:i + batch]])
     bad = [k for k, r in enumerate(rows) if r.correction]
     won = dict(zip(bad, closer_to_reference(embed or Embedder(), [rows[k].answer for k in bad],

@@ -27,7 +27,7 @@ def run_suite(squad, rows: list[SuiteRow], batch_size: int = 32, progress: bool 
     from tqdm import tqdm
 
     out: list[Correction] = []
-    with tqdm(total=len(rows), desc=desc, unit="pair", disable=not progress) as bar:
+    with tqdm(total=len(rows), desc=desc, unit="pair", disable=None if progress else True) as bar:
         for i in range(0, len(rows), batch_size):
             chunk = rows[i:i + batch_size]
             out += squad.correct_batch([(r.question, r.answer) for r in chunk])
