@@ -29,24 +29,30 @@ def _scores(s: dict[str, float]) -> str:
 
 def _step(s) -> str:
     what = "kept" if s.applied else "rejected" if s.rejected else "failed"
-    return f"{s.criterion}:\n{what}, {s.latency_ms / 1000:.1f} s"
+    return f"{s.criterion}\n{what} {s.latency_ms / 1000:.1f} s"
 
 
 def _table(results, criteria: list[str]):
+    """One row per answer, on one screen: a rewritten answer's row shows the answer it replaced beside
+    its question; an answer that passed shows in the squad's column, as the user gets it."""
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(expand=True, pad_edge=False, show_lines=True)
-    table.add_column("#", justify="right", width=2)
-    table.add_column("question and answer", ratio=4)
-    table.add_column("the squad's answer", ratio=5)
+    table = Table(expand=True, pad_edge=False, box=box.SIMPLE_HEAD, show_edge=False, row_styles=["", "on grey11"])
+    table.add_column("#", justify="right", width=1)
+    table.add_column("question, and the answer it got", ratio=2)
+    table.add_column("the squad's answer", ratio=3)
     table.add_column("scores " + "/".join(c[0] for c in criteria), width=14)
-    table.add_column("aligner steps", width=13)
+    table.add_column("aligner step", width=12)
     for i, c in enumerate(results, 1):
         scores = _scores(c.initial_scores) + (f"\n{_scores(c.scores)}" if c.changed else "")
-        table.add_row(str(i), f"[bold]{escape(c.question)}[/]\n[dim]{escape(c.original)}[/]",
-                      f"[green]{escape(c.answer)}[/]" if c.changed else "[dim](untouched)[/]", scores,
-                      "\n".join(escape(_step(s)) for s in c.steps) or "-")
+        steps = "\n".join(escape(_step(s)) for s in c.steps) or "none"
+        question = f"[bold]{escape(c.question)}[/]"
+        if c.changed:
+            table.add_row(str(i), f"{question}\n[dim]{escape(c.original)}[/]", f"[green]{escape(c.answer)}[/]", scores, steps)
+        else:
+            table.add_row(str(i), question, f"{escape(c.answer)} [dim](passed untouched)[/]", scores, steps)
     return table
 
 
@@ -70,10 +76,10 @@ def main() -> None:
     t1 = time.perf_counter()
     results = squad.correct_batch(SAMPLES)
     console.print(_table(results, squad.criteria))
-    console.print(f"{len(results)} answers in {time.perf_counter() - t1:.1f} s ({time.perf_counter() - t0:.1f} s "
-                  "with loading); a step's time is its answer's share of the batched aligner call. Scores are "
-                  "the inspectors' P(aligned) before and after, not a safety guarantee: the README's first table "
-                  "says how often corrections are right on text written elsewhere.")
+    console.print(f"{len(results)} answers in {time.perf_counter() - t1:.1f} s ({time.perf_counter() - t0:.1f} s with "
+                  "loading); a step's time is its answer's share of the batched aligner call.\nScores are the "
+                  "inspectors' P(aligned) before/after, not a safety guarantee; the README's first table says how "
+                  "often corrections are right.")
 
 
 if __name__ == "__main__":

@@ -140,3 +140,21 @@ def test_cli_correct_json_on_default_bundle(capsys):
                "--threshold", "ethics=0.3"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["question"] == "What is 7 times 8?" and set(out["scores"]) == {"ethics", "helpfulness", "honesty"}
+
+
+def test_demo_prints_one_screen_and_no_warnings():
+    """`make demo` as a user runs it at 140 columns: its table of the eight samples fits one screen
+    (45 lines), and stderr holds nothing but the project's own notes."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "140", "LINES": "50"}
+    done = subprocess.run([sys.executable, "-m", "squad.demo"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) <= 45 and max(len(line) for line in lines) <= 140, done.stdout
+    assert [int(m.group(1)) for line in lines if (m := re.match(r"^\s*(\d)\s{2,}\S", line))] == list(range(1, 9))
+    assert re.search(r"^8 answers in \d+\.\d s", done.stdout, re.M)
+    assert [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("[squad] ")] == []
