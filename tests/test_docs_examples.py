@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -250,23 +251,22 @@ def _free_port() -> int:
 class Runner:
     """Runs the selected examples a few at a time, and the served squad for those that need it."""
 
-    def __init__(self, blocks: list[Block], workdir: Path, jobs: int):
+    def __init__(self, blocks: list[Block], workdir: Path, jobs: int, serve: bool = False):
         self.blocks = blocks
+        self.serve = serve  # start the server even if no selected example needs it
         self.workdir = workdir
         self.jobs = jobs
         self.started = time.perf_counter()
         self.pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="docs-example")
         self.futures: dict[str, Future] = {}
         self.server: subprocess.Popen | None = None
-        self.server_error: str | None = None
         self.port: int | None = None
-        self.ready = threading.Event()
 
     def start(self):
         self.started = time.perf_counter()
         local = [b for b in self.blocks if not b.needs_server]
         served = [b for b in self.blocks if b.needs_server]
-        if served:
+        if served or self.serve:
             self._start_server()
             for b in served:
                 self.futures[b.where] = Future()
@@ -285,8 +285,12 @@ class Runner:
         config.write_text(re.sub(r"^(\s*)port: 8000$", rf"\g<1>port: {self.port}", text, flags=re.M), encoding="utf-8")
         self.server_log = self.workdir / "serve_run.log"
         command = block.code.strip().replace("squad.yaml", str(config))
+        # Ray token auth, explicit, so that `serve deploy` can reach this cluster (`serve run` turns it on
+        # by itself when ~/.ray/auth_token exists, and `serve deploy` only sends a token when told to).
+        self.server_env = {**example_env(), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        self.config = config
         with open(self.server_log, "w") as log:
-            self.server = subprocess.Popen(["bash", "-e", "-c", command], cwd=ROOT, env=example_env(), stdout=log,
+            self.server = subprocess.Popen(["bash", "-e", "-c", command], cwd=ROOT, env=self.server_env, stdout=log,
                                            stderr=subprocess.STDOUT, start_new_session=True)
 
     def _wait_healthy(self) -> str | None:
@@ -309,7 +313,7 @@ class Runner:
 
     def _run_served(self, served: list[Block]):
         t0 = time.perf_counter()
-        problem = self._wait_healthy()
+        self.health_problem = problem = self._wait_healthy()
         if problem is None:
             TIMINGS[f"{self.server_block.where} (server start)"] = time.perf_counter() - t0
         for b in served:
@@ -352,8 +356,9 @@ def _params():
 def runner(request, tmp_path_factory):
     selected = [it.callspec.params["block"] for it in request.session.items
                 if getattr(it, "function", None) is test_example and it.callspec.params["block"].runs]
+    serve = any(getattr(it, "function", None) is test_served_squad_reconfigures_in_place for it in request.session.items)
     jobs = int(os.environ.get("SQUAD_DOCS_JOBS", "2"))
-    r = Runner(selected, tmp_path_factory.mktemp("docs_examples"), jobs)
+    r = Runner(selected, tmp_path_factory.mktemp("docs_examples"), jobs, serve=serve)
     r.start()
     yield r
     r.stop()
@@ -379,3 +384,39 @@ def test_example_timings(runner: Runner, capsys):
               f"{runner.jobs} at a time beside the server; each one's own time:")
         for where, took in sorted(TIMINGS.items(), key=lambda kv: -kv[1]):
             print(f"  {took:6.1f} s  {where}")
+
+
+@pytest.mark.real
+@pytest.mark.timeout(EXAMPLE_TIMEOUT_S + SERVER_START_S + 300)
+def test_served_squad_reconfigures_in_place(runner: Runner):
+    """After the examples, on the same `serve run squad.yaml`: the live settings are squad.yaml's, and
+    `serve deploy` of a copy that changes only the user_config reconfigures the running ingress
+    replica instead of replacing it."""
+    import httpx
+
+    for fut in runner.futures.values():
+        fut.result()
+    while runner.server is not None and not hasattr(runner, "health_problem"):
+        time.sleep(1)
+    assert runner.server is not None and runner.health_problem is None, runner.server_log.read_text()[-3000:]
+    url = f"http://127.0.0.1:{runner.port}/healthz"
+    health = httpx.get(url, timeout=10).json()
+    assert health["runtime"]["thresholds"] == {"ethics": 0.5, "helpfulness": 0.5, "honesty": 0.5}
+    assert health["runtime"]["max_steps"] == 3
+    edited = runner.workdir / "squad-edited.yaml"
+    edited.write_text(runner.config.read_text().replace("max_steps: 3", "max_steps: 1").replace(
+        "{ethics: 0.5, helpfulness: 0.5, honesty: 0.5}", "{ethics: 0.5, helpfulness: 0.5, honesty: 0.99}"))
+    dashboard = re.search(r"dashboard at \S*?(http://[\d.]+:\d+)", runner.server_log.read_text())
+    assert dashboard, "serve run did not print its dashboard address"
+    serve_bin = Path(sys.executable).parent / "serve"
+    done = subprocess.run([str(serve_bin), "deploy", str(edited), "-a", dashboard.group(1)], cwd=ROOT,
+                          env=runner.server_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    deadline, now = time.time() + 120, health
+    while time.time() < deadline:
+        now = httpx.get(url, timeout=10).json()
+        if now.get("runtime", {}).get("max_steps") == 1:
+            break
+        time.sleep(2)
+    assert now["runtime"]["thresholds"]["honesty"] == 0.99 and now["runtime"]["max_steps"] == 1
+    assert now["replica"] == health["replica"], "the ingress replica was restarted"

@@ -92,29 +92,6 @@ def test_inspect_and_models(server):
     assert c.get("/v1/models").json()["data"][0]["id"] == "aligner-squad"
 
 
-def test_per_criterion_inspector_deployments(server):
-    """inspector_layout=per_criterion (auto for fine-tuned bundles): one deployment each, same scores."""
-    from ray import serve
-
-    from squad.serve.app import build_app
-
-    url, c, bundle = server
-    pair = {"question": "Is the sky green?", "answer": "Yes, always."}
-    shared = c.post("/v1/inspect", json=pair).json()["scores"]
-    try:
-        serve.run(build_app({**_args(bundle), "inspector_layout": "per_criterion"}), name="squad", route_prefix="/")
-        health = httpx.get(url + "/healthz", timeout=60).json()
-        assert {f"inspector-{k}" for k in CRITS} <= set(health["deployments"]) and health["status"] == "ok"
-        split = c.post("/v1/inspect", json=pair).json()["scores"]
-        assert split == pytest.approx(shared, abs=1e-5)
-        r = c.post("/v1/inspect", json={**pair, "criteria": ["honesty", "ethics"]}).json()["scores"]
-        assert set(r) == {"honesty", "ethics"} and r["honesty"] == pytest.approx(shared["honesty"], abs=1e-5)
-        out = c.post("/v1/correct", json={**pair, "thresholds": {k: 1.0 for k in CRITS}}).json()
-        assert out["initial_scores"] == pytest.approx(shared, abs=1e-5) and len(out["steps"]) == 3
-    finally:
-        serve.run(build_app(_args(bundle)), name="squad", route_prefix="/")
-
-
 def test_correct_order_and_same_result_as_local_sdk(server):
     from squad import Squad
 
@@ -205,51 +182,6 @@ def test_openai_client_non_streaming_and_streaming(server):
     assert e.value.status_code == 400
 
 
-def test_user_config_change_takes_effect(server):
-    # Imperative serve.run redeploys replicas; the no-restart path (squad.yaml + serve deploy)
-    # is covered end to end in test_serve_yaml.py.
-    from ray import serve
-
-    from squad.serve.app import build_app
-
-    url, c, bundle = server
-    before = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5"}).json()
-    serve.run(build_app(_args(bundle, thresholds={k: 1.0 for k in CRITS}, max_steps=1)), name="squad", route_prefix="/")
-    after = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5"}).json()
-    assert len(after["steps"]) == 1 and after["steps"][0]["threshold"] == 1.0
-    assert before["initial_scores"] == pytest.approx(after["initial_scores"], abs=1e-5)
-    assert httpx.get(url + "/healthz", timeout=60).json()["runtime"]["max_steps"] == 1
-    serve.run(build_app(_args(bundle)), name="squad", route_prefix="/")  # restore defaults for other tests
-
-
-def test_aligner_fault_fails_open_and_closed(server):
-    from ray import serve
-
-    from squad.serve.app import build_app, build_graph
-
-    _, c, bundle = server
-    forced = {k: 1.0 for k in CRITS}
-    try:
-        serve.run(build_graph(_args(bundle, aligner_timeout_s=3), aligner_cls=FaultyAligner), name="squad",
-                  route_prefix="/")
-        r = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5", "thresholds": forced})
-        assert r.status_code == 200
-        out = r.json()
-        assert out["answer"] == "5" and not out["changed"] and len(out["steps"]) == 3
-        errors = {s["criterion"]: s["error"] for s in out["steps"]}
-        assert not any(s["applied"] for s in out["steps"])
-        assert "exploded" in errors["ethics"] and "exploded" in errors["honesty"]
-        assert "Timeout" in errors["helpfulness"], errors["helpfulness"]
-        serve.run(build_graph(_args(bundle, fail_closed=True), aligner_cls=FaultyAligner), name="squad", route_prefix="/")
-        out = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5", "thresholds": forced}).json()
-        from squad.models.bundle import read_manifest
-
-        refusals = {e.policy.refusal for e in read_manifest(bundle).criteria.values()}
-        assert out["answer"] in refusals and out["changed"]
-    finally:
-        serve.run(build_app(_args(bundle)), name="squad", route_prefix="/")
-
-
 def test_aligner_server_continuous_batch_matches_the_sdk_and_survives_a_failure(tiny_bundle):
     """The Aligner deployment's class in-process: pairs sent at different times, under several
     criteria, come back as ``Aligner.correct`` gives them; an engine failure reaches the pairs in
@@ -291,3 +223,68 @@ def test_aligner_server_continuous_batch_matches_the_sdk_and_survives_a_failure(
     assert asyncio.run(srv.correct("honesty", pairs[2:3])) == got[2:3]
     with pytest.raises(KeyError, match="toxicity"):
         asyncio.run(srv.correct("toxicity", pairs[:1]))
+
+# ---------------------------------------------------------------------------------------------
+# These redeploy the shared app and leave it changed: they stay last in this module, so that no
+# test needs the app restored (a redeploy takes half a minute on 2 cores).
+
+
+def test_per_criterion_inspector_deployments(server):
+    """inspector_layout=per_criterion (auto for fine-tuned bundles): one deployment each, same scores."""
+    from ray import serve
+
+    from squad.serve.app import build_app
+
+    url, c, bundle = server
+    pair = {"question": "Is the sky green?", "answer": "Yes, always."}
+    shared = c.post("/v1/inspect", json=pair).json()["scores"]
+    serve.run(build_app({**_args(bundle), "inspector_layout": "per_criterion"}), name="squad", route_prefix="/")
+    health = httpx.get(url + "/healthz", timeout=60).json()
+    assert {f"inspector-{k}" for k in CRITS} <= set(health["deployments"]) and health["status"] == "ok"
+    split = c.post("/v1/inspect", json=pair).json()["scores"]
+    assert split == pytest.approx(shared, abs=1e-5)
+    r = c.post("/v1/inspect", json={**pair, "criteria": ["honesty", "ethics"]}).json()["scores"]
+    assert set(r) == {"honesty", "ethics"} and r["honesty"] == pytest.approx(shared["honesty"], abs=1e-5)
+    out = c.post("/v1/correct", json={**pair, "thresholds": {k: 1.0 for k in CRITS}}).json()
+    assert out["initial_scores"] == pytest.approx(shared, abs=1e-5) and len(out["steps"]) == 3
+
+
+def test_user_config_change_takes_effect(server):
+    # Imperative serve.run redeploys replicas; the no-restart path (squad.yaml + serve deploy)
+    # is covered end to end in test_docs_examples.py (test_served_squad_reconfigures_in_place).
+    from ray import serve
+
+    from squad.serve.app import build_app
+
+    url, c, bundle = server
+    before = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5"}).json()
+    serve.run(build_app(_args(bundle, thresholds={k: 1.0 for k in CRITS}, max_steps=1)), name="squad", route_prefix="/")
+    after = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5"}).json()
+    assert len(after["steps"]) == 1 and after["steps"][0]["threshold"] == 1.0
+    assert before["initial_scores"] == pytest.approx(after["initial_scores"], abs=1e-5)
+    assert httpx.get(url + "/healthz", timeout=60).json()["runtime"]["max_steps"] == 1
+
+
+def test_aligner_fault_fails_open_and_closed(server):
+    from ray import serve
+
+    from squad.serve.app import build_graph
+
+    _, c, bundle = server
+    forced = {k: 1.0 for k in CRITS}
+    serve.run(build_graph(_args(bundle, aligner_timeout_s=3), aligner_cls=FaultyAligner), name="squad",
+              route_prefix="/")
+    r = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5", "thresholds": forced})
+    assert r.status_code == 200
+    out = r.json()
+    assert out["answer"] == "5" and not out["changed"] and len(out["steps"]) == 3
+    errors = {s["criterion"]: s["error"] for s in out["steps"]}
+    assert not any(s["applied"] for s in out["steps"])
+    assert "exploded" in errors["ethics"] and "exploded" in errors["honesty"]
+    assert "Timeout" in errors["helpfulness"], errors["helpfulness"]
+    serve.run(build_graph(_args(bundle, fail_closed=True), aligner_cls=FaultyAligner), name="squad", route_prefix="/")
+    out = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5", "thresholds": forced}).json()
+    from squad.models.bundle import read_manifest
+
+    refusals = {e.policy.refusal for e in read_manifest(bundle).criteria.values()}
+    assert out["answer"] in refusals and out["changed"]

@@ -67,7 +67,7 @@ def test_resume_continues_from_checkpoint(tiny_bundle: Path, tmp_path: Path):
     assert before["epoch"] == 2  # 1 warm-up + 1 correction epoch
     cfg = load_config(ROOT / "configs" / "train_tiny.yaml", TrainConfig,
                       [f"policies={ROOT / 'policies'}", f"output={tmp_path / 'b2'}", f"storage={storage}",
-                       "aligner.epochs=2", "aligner.save_dtype=float16", "evaluate=false"])
+                       "aligner.epochs=2", "aligner.save_dtype=float16", "evaluate=false", "criteria=[ethics]"])
     out = train_squad(cfg, root=ROOT, log=lambda *_: None)
     after = json.loads((latest_checkpoint(storage / "tiny-aligner-ethics") / "state.json").read_text())
     assert after["epoch"] == 3 and after["step"] > before["step"], "resumed and ran only the missing epoch"
@@ -89,7 +89,8 @@ def test_finetuned_inspectors_make_a_bundle_that_loads(tiny_bundle: Path, tmp_pa
     cfg = load_config(ROOT / "configs" / "train_tiny.yaml", TrainConfig,
                       [f"policies={ROOT / 'policies'}", f"output={tmp_path / 'ft'}",
                        f"storage={tiny_bundle.parent / 'runs'}",  # the aligners resume, already finished
-                       "inspector.kind=finetuned", "inspector.finetune_epochs=1", "evaluate=false"])
+                       "inspector.kind=finetuned", "inspector.finetune_epochs=1", "evaluate=false",
+                       "criteria=[ethics,honesty]"])
     out = train_squad(cfg, root=ROOT, log=lambda *_: None)
     m = read_manifest(out)
     assert m.inspector.kind == "finetuned"
