@@ -106,12 +106,12 @@ def test_finetuned_inspectors_make_a_bundle_that_loads(tiny_bundle: Path, tmp_pa
 def test_changed_job_trains_from_scratch(tmp_path: Path):
     from squad.train.launcher import resume_point, job_fingerprint
 
-    conf = {"rows": [{"question": "q", "answer": "a"}], "spec": {"lr": 1e-3, "epochs": 2}, "position": 0}
+    conf = {"rows": [{"question": "q", "answer": "a"}], "spec": {"lr": 1e-3, "epochs": 2}, "progress_board": "a"}
     run = tmp_path / "run"
     assert resume_point(run, job_fingerprint("m.loop", conf), log=lambda *_: None) is None
     (run / "ckpt").mkdir()
     (run / "ckpt" / "state.json").write_text(json.dumps({"epoch": 1}))
-    more_epochs = {**conf, "spec": {"lr": 1e-3, "epochs": 5}, "position": 3}
+    more_epochs = {**conf, "spec": {"lr": 1e-3, "epochs": 5}, "progress_board": "b"}
     assert resume_point(run, job_fingerprint("m.loop", more_epochs)) == run / "ckpt"
     new_rows = {**conf, "rows": [{"question": "q", "answer": "b"}]}
     messages = []

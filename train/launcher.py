@@ -214,11 +214,16 @@ def train_squad(cfg: TrainConfig, root: Path | None = None, log=print) -> Path:
         from squad.cluster import init_ray
 
         env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        if cfg.local_mode or not os.environ.get("RAY_ADDRESS"):
+        local = cfg.local_mode or not os.environ.get("RAY_ADDRESS")
+        if local:
             # Six trainers starting at once on a small busy machine can take minutes to get their workers
             # up; Ray Train's 60 s default then fails the run, so wait longer unless told otherwise.
             env["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "900")
-        init_ray(local=cfg.local_mode, runtime_env={"env_vars": env})  # workers' output stays in Ray's logs; progress comes below
+        # Each model starts about four processes at once (the fit task, Ray Train's controller and
+        # placement-group cleaner, its worker); Ray's default lets as many start at once as there are
+        # cores, and on a small machine it then warns about a worker-startup storm that is just this.
+        system = {"worker_maximum_startup_concurrency": 4 * len(jobs) + 2} if local else None
+        init_ray(local=cfg.local_mode, runtime_env={"env_vars": env}, _system_config=system)
     try:
         from squad.train.progress import Display, start_board
 

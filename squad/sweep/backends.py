@@ -108,11 +108,8 @@ def run_local(cfg: SweepConfig, evaluator, out: Path, trials: int | None, log: C
     callbacks = [_Progress(cfg.metric.name), JsonLoggerCallback()]
     log_wandb = os.environ.get("WANDB_MODE") != "disabled"
     if log_wandb:  # one offline W&B run per trial, named by its trial id
-        from ray.air.integrations.wandb import WandbLoggerCallback
-
-        callbacks.append(WandbLoggerCallback(project=cfg.project, group=cfg.name, mode="offline",
-                                             dir=str((out / "wandb").resolve()),
-                                             settings=QUIET_WANDB))
+        callbacks.append(_wandb_callback(project=cfg.project, group=cfg.name, mode="offline",
+                                         dir=str((out / "wandb").resolve()), settings=QUIET_WANDB))
     fn = tune.with_parameters(_tune_trial, evaluator=evaluator)
     tuner = tune.Tuner(
         tune.with_resources(fn, {"cpu": 0.01}),  # trials only wait on the evaluator actor
@@ -164,4 +161,26 @@ def run_agent(cfg: SweepConfig, ev: Evaluator, trials: int | None, log: Callable
 
     wandb.agent(sweep_id, function=one, project=cfg.project, count=trials or cfg.run_cap)
     return rows
+
+
+def _wandb_callback(**kwargs):
+    """Ray Tune's ``WandbLoggerCallback``, with per-trial logging actors that are not restarted.
+
+    Ray (2.60) makes them with ``max_restarts=-1``, and Ray core then prints an error-level line
+    for each one ("constructor arguments in the object store and max_restarts > 0", ray#57733). A
+    trial's logger that dies ends that trial's offline W&B log either way; the trial itself goes on.
+    ``_logger_actor_cls`` is the class Ray's callback makes its actors from."""
+    import ray
+    from ray.air.integrations.wandb import WandbLoggerCallback
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    class Callback(WandbLoggerCallback):
+        def setup(self, *args, **kw):
+            super().setup(*args, **kw)
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)  # W&B's files
+            env = {k: os.environ[k] for k in ("WANDB_API_KEY",) if k in os.environ}
+            self._remote_logger_class = ray.remote(num_cpus=0, max_restarts=0, scheduling_strategy=here,
+                                                   runtime_env={"env_vars": env})(self._logger_actor_cls)
+
+    return Callback(**kwargs)
 
