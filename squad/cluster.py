@@ -6,7 +6,8 @@ import os
 
 
 def init_ray(local: bool = False, **kwargs) -> None:
-    """``ray.init`` on RAY_ADDRESS when set (and not ``local``), else a local cluster, without the dashboard.
+    """``ray.init`` on RAY_ADDRESS when set, else Ray's default (a new local cluster), without the dashboard;
+    ``local``: always a new local cluster.
     Workers' output stays in Ray's session logs (``log_to_driver=False``).
 
     Ray (2.60 here) logs a warning on every start that token authentication is on, which is what
@@ -20,6 +21,6 @@ def init_ray(local: bool = False, **kwargs) -> None:
         if os.environ.get("RAY_ADDRESS") and not local:
             ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False, **kwargs)
         else:
-            ray.init(address="local", include_dashboard=False, log_to_driver=False, **kwargs)
+            ray.init(address="local" if local else None, include_dashboard=False, log_to_driver=False, **kwargs)
     finally:
         auth.setLevel(level)

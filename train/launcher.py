@@ -223,7 +223,7 @@ def train_squad(cfg: TrainConfig, root: Path | None = None, log=print) -> Path:
         # placement-group cleaner, its worker); Ray's default lets as many start at once as there are
         # cores, and on a small machine it then warns about a worker-startup storm that is just this.
         system = {"worker_maximum_startup_concurrency": 4 * len(jobs) + 2} if local else None
-        init_ray(local=cfg.local_mode, runtime_env={"env_vars": env}, _system_config=system)
+        init_ray(local=local, runtime_env={"env_vars": env}, _system_config=system)
     try:
         from squad.train.progress import Display, start_board
 
