@@ -106,21 +106,3 @@ def test_squad_load_rejects_an_unknown_engine(tiny_bundle):
     with pytest.raises(SquadError, match="unknown engine 'fast'"):
         Squad.load(tiny_bundle, engine="fast")
     assert Squad.load(tiny_bundle, engine="hf").aligner.engine.name == "hf"
-
-
-def test_a_lone_prompt_decodes_on_every_thread_with_the_same_answer(adapters):
-    """float32 with 2 threads: a lone prompt goes to the criterion's all-threads generator (made on first
-    use) and gives the replicas' answer; a batch, or a prompt beside another call in flight, does not."""
-    base = resolve("tiny-causal-lm")
-    ct = CT2Engine(base, adapters=adapters, batch_size=4, threads=2)
-    plain = CT2Engine(base, adapters=adapters, batch_size=4, threads=2, solo=False)
-    assert ct.solo and not plain.solo and not CT2Engine(base, adapters=adapters, threads=2, compute_type="int8").solo
-    crit = sorted(adapters)[0]
-    prompts = _prompts(ct.tokenizer, 3)
-    assert ct.generate(prompts, crit, 12) == plain.generate(prompts, crit, 12) and ct.solo_models == {}
-    assert [ct.generate([p], crit, 12)[0] for p in prompts] == [plain.generate([p], crit, 12)[0] for p in prompts]
-    assert list(ct.solo_models) == [crit] and plain.solo_models == {}
-    with ct._call(1):  # another call in flight: this one shares the replicas
-        with ct._call(1) as alone:
-            assert not alone
-    assert ct._calls == 0

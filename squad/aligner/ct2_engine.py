@@ -9,11 +9,9 @@ outputs (``bench/engines.py`` measures both).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import shutil
 import sys
-import threading
 from pathlib import Path
 
 from squad.models.registry import cache_dir, load_tokenizer, turn_stop_ids
@@ -112,19 +110,13 @@ class CT2Engine:
     then parks its threads between the small per-token kernels (measured here: a 2-thread replica
     beside two idle others decoded at half the speed of one alone). ``threads=None`` follows torch's
     setting, so Ray actors and Serve replicas that size torch's threads size this engine the same way.
-
-    A lone prompt (one prompt in a call, and no other call in flight) has only one replica's thread
-    to use, so with ``solo`` (the float32 default when ``threads > 1``) it decodes on a second
-    generator of its criterion that runs one replica on every thread, made on first use (another
-    copy of that criterion's weights). Measured here on 2 cores: 1.75x the tokens/s of one
-    single-threaded replica in float32; in int8 it was slower, so int8 does not use it.
     """
 
     name = "ct2"
 
     def __init__(self, base_dir: str | Path, adapters: dict[str, Path] | None = None,
                  full_models: dict[str, Path] | None = None, batch_size: int = 16, threads: int | None = None,
-                 no_repeat_ngram: int = 4, compute_type: str = COMPUTE_TYPE, solo: bool | None = None):
+                 no_repeat_ngram: int = 4, compute_type: str = COMPUTE_TYPE):
         import ctranslate2
         import torch
 
@@ -133,37 +125,10 @@ class CT2Engine:
         self.threads = threads or torch.get_num_threads()
         self.compute_type = compute_type
         self.name = "ct2" if compute_type == COMPUTE_TYPE else f"ct2-{compute_type}"
-        self.paths = convert(Path(base_dir), adapters, full_models)
         self.models = {name: ctranslate2.Generator(str(path), device="cpu", compute_type=compute_type,
                                                    inter_threads=self.threads, intra_threads=1)
-                       for name, path in self.paths.items()}
+                       for name, path in convert(Path(base_dir), adapters, full_models).items()}
         self.stop_ids = turn_stop_ids(self.tokenizer)
-        self.solo = (compute_type == COMPUTE_TYPE and self.threads > 1) if solo is None else solo
-        self.solo_models: dict = {}
-        self._calls, self._lock = 0, threading.Lock()
-
-    @contextlib.contextmanager
-    def _call(self, prompts: int):
-        """Counts calls in flight; yields whether this one is a lone prompt that may use every thread."""
-        with self._lock:
-            self._calls += 1
-            alone = self.solo and prompts == 1 and self._calls == 1
-        try:
-            yield alone
-        finally:
-            with self._lock:
-                self._calls -= 1
-
-    def _solo_generator(self, adapter: str | None):
-        import ctranslate2
-
-        name = adapter if adapter in self.models else None
-        with self._lock:
-            if name not in self.solo_models:
-                self.solo_models[name] = ctranslate2.Generator(str(self.paths[name]), device="cpu",
-                                                               compute_type=self.compute_type, inter_threads=1,
-                                                               intra_threads=self.threads)
-            return self.solo_models[name]
 
     def _generator(self, adapter: str | None):
         if adapter not in self.models:
@@ -172,13 +137,12 @@ class CT2Engine:
             raise KeyError(f"no aligner adapter for criterion {adapter!r}")
         return self.models[adapter]
 
-    def _submit(self, prompts: list[str], adapter: str | None, max_new_tokens: int, alone: bool = False) -> list:
+    def _submit(self, prompts: list[str], adapter: str | None, max_new_tokens: int) -> list:
         """Start decoding ``prompts``; the results are futures (``.result()``)."""
         tok = self.tokenizer
         starts = [tok.convert_ids_to_tokens(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
         per_replica = min(self.batch_size, max(1, -(-len(starts) // self.threads)))
-        generator = self._solo_generator(adapter) if alone else self._generator(adapter)
-        return generator.generate_batch(
+        return self._generator(adapter).generate_batch(
             starts, max_batch_size=per_replica, asynchronous=True, max_length=max_new_tokens, sampling_topk=1,
             end_token=self.stop_ids, include_prompt_in_result=False, no_repeat_ngram_size=self.no_repeat_ngram)
 
@@ -188,21 +152,16 @@ class CT2Engine:
 
     def generate(self, prompts: list[str], adapter: str | None, max_new_tokens: int = 128) -> list[str]:
         self._generator(adapter)
-        if not prompts:
-            return []
-        with self._call(len(prompts)) as alone:
-            return self._texts(self._submit(prompts, adapter, max_new_tokens, alone))
+        return self._texts(self._submit(prompts, adapter, max_new_tokens)) if prompts else []
 
     def generate_mixed(self, prompts: list[str], adapters: list[str], max_new_tokens: int = 128) -> list[str]:
         """``generate`` with one adapter per prompt: every criterion's prompts decode at once."""
         for name in set(adapters):
             self._generator(name)  # unknown adapters fail here, before any work
         groups = {name: [i for i, a in enumerate(adapters) if a == name] for name in dict.fromkeys(adapters)}
+        running = {name: self._submit([prompts[i] for i in idx], name, max_new_tokens) for name, idx in groups.items()}
         out: list[str | None] = [None] * len(prompts)
-        with self._call(len(prompts)) as alone:
-            running = {name: self._submit([prompts[i] for i in idx], name, max_new_tokens, alone)
-                       for name, idx in groups.items()}
-            for name, idx in groups.items():
-                for i, text in zip(idx, self._texts(running[name])):
-                    out[i] = text
+        for name, idx in groups.items():
+            for i, text in zip(idx, self._texts(running[name])):
+                out[i] = text
         return out
