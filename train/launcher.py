@@ -210,11 +210,11 @@ def train_squad(cfg: TrainConfig, root: Path | None = None, log=print) -> Path:
     storage = str((root / cfg.storage).resolve())
     started = time.time()
     own_ray = not ray.is_initialized()
+    local = own_ray and (cfg.local_mode or not os.environ.get("RAY_ADDRESS"))  # a Ray started here, on this machine
     if own_ray:
         from squad.cluster import init_ray
 
         env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        local = cfg.local_mode or not os.environ.get("RAY_ADDRESS")
         if local:
             # Six trainers starting at once on a small busy machine can take minutes to get their workers
             # up; Ray Train's 60 s default then fails the run, so wait longer unless told otherwise.
@@ -233,8 +233,7 @@ def train_squad(cfg: TrainConfig, root: Path | None = None, log=print) -> Path:
             conf["progress_board"] = board_name
         # On a Ray we started here, models that do not all fit wait in the launcher, longest first, rather
         # than in Ray Train (whose worker-group start timeout fails a model that waits too long).
-        capacity = ({k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
-                    if own_ray and (cfg.local_mode or not os.environ.get("RAY_ADDRESS")) else None)
+        capacity = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")} if local else None
         with Display(board):
             ckpts = run_jobs(jobs, capacity, lambda name, loop, conf, scaling: fit.remote(
                 name, loop, conf, scaling.model_dump(), storage, cfg.run_name), log, started)

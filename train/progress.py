@@ -52,16 +52,16 @@ def _board(name: str | None):
 
 
 class Bar:
-    """A progress bar for a loop in a training worker (a tqdm on stderr outside Ray, for direct calls)."""
+    """A progress bar for a loop in a training worker (a terminal bar outside Ray, for direct calls)."""
 
     def __init__(self, desc: str, total: int, board: str | None = None):
         self.key, self.desc, self.total, self.done = f"{desc}@{time.monotonic_ns()}", desc, total, 0
         self.board = _board(board)
         self.local = None
         if self.board is None:
-            from tqdm import tqdm
+            from squad.progress import terminal_bar
 
-            self.local = tqdm(desc=desc, total=total, mininterval=2, disable=None)
+            self.local = terminal_bar(desc=desc, total=total, mininterval=2)
         self.sent = 0.0
         self._send(force=True)
 

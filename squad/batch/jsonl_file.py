@@ -9,7 +9,7 @@ from squad.data.rows import PairRow, iter_jsonl
 
 def correct_file(squad, src: Path, dst: Path, criteria=None, thresholds=None, batch_size: int = 16,
                  errors: Path | None = None) -> dict:
-    from tqdm import tqdm
+    from squad.progress import terminal_bar
 
     errors = errors or dst.with_name(dst.name + ".errors.jsonl")
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -18,7 +18,7 @@ def correct_file(squad, src: Path, dst: Path, criteria=None, thresholds=None, ba
     n_in = n_out = n_err = 0
     batch: list[tuple[int, PairRow, dict]] = []
     with open(dst, "w", encoding="utf-8") as out, open(errors, "w", encoding="utf-8") as err, \
-            tqdm(total=total, desc="correcting", unit="row", disable=None) as bar:
+            terminal_bar(total=total, desc="correcting", unit="row") as bar:
         def flush():
             nonlocal n_out
             if not batch:

@@ -158,7 +158,7 @@ def run_batch(src: str | Path, out: str | Path, bundle: str | Path = "default", 
 
     ``stream(states, bundle, cfg, policy)`` runs the pipeline (tests swap in an in-process one).
     """
-    from tqdm import tqdm
+    from squad.progress import terminal_bar
 
     from squad.models.bundle import read_manifest, resolve_bundle
     from squad.sdk.local import squad_policy
@@ -178,7 +178,7 @@ def run_batch(src: str | Path, out: str | Path, bundle: str | Path = "default", 
     started = time.perf_counter()
     total = sum(1 for line in open(source.path, "rb") if line.strip()) if Path(source.path).is_file() \
         and source.format == "jsonl" else None
-    bar = tqdm(desc="squad batch", unit="row", total=total, disable=None if cfg.progress else True)
+    bar = terminal_bar(desc="squad batch", unit="row", total=total, enabled=cfg.progress)
     try:
         n_in = n_out = n_err = 0
         chunk: list[tuple[int, PairRow, dict]] = []

@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import warnings
 import time
+import warnings
 from pathlib import Path
 
 from squad.core.algorithm import PairState, SquadPolicy, advance_streaming, apply_round, apply_step, group_by_next, score_pending

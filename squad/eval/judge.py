@@ -78,7 +78,7 @@ class Judge:
     def compare(self, items: list[dict], policies: dict, progress: bool = True) -> dict:
         """``items``: {id, question, original, answer}; ``policies``: criterion -> Policy.
         Returns per-criterion win/tie/loss/error counts and the errors, each naming its item."""
-        from tqdm import tqdm
+        from squad.progress import terminal_bar
 
         jobs = [(it, c, order) for it in items for c in policies for order in ("original_first", "corrected_first")]
 
@@ -100,7 +100,7 @@ class Judge:
             return job, pick, None
 
         with ThreadPoolExecutor(max(1, self.client.concurrency)) as pool:
-            done = list(tqdm(pool.map(one, jobs), total=len(jobs), desc="judge", disable=None if progress else True))
+            done = list(terminal_bar(pool.map(one, jobs), total=len(jobs), desc="judge", enabled=progress))
         return tally(done, list(policies))
 
 

@@ -91,7 +91,7 @@ def inspector_probe(rows: list[EvalRow]) -> list[tuple[str, str, int, str | None
 def evaluate(squad, rows: list[EvalRow], progress: bool = True, embed=None) -> dict:
     """Per-criterion report plus an overall one; ``embed(texts)`` for the win rate defaults to MiniLM."""
     from rapidfuzz.distance import Levenshtein
-    from tqdm import tqdm
+    from squad.progress import terminal_bar
 
     crits = squad.criteria
     policy = squad.policy()
@@ -100,7 +100,7 @@ def evaluate(squad, rows: list[EvalRow], progress: bool = True, embed=None) -> d
     # The squad itself, batched, on every item.
     results = []
     batch = 16
-    for i in tqdm(range(0, len(rows), batch), desc="eval: correcting", disable=None if progress else True):
+    for i in terminal_bar(range(0, len(rows), batch), desc="eval: correcting", enabled=progress):
         results += squad.correct_batch([(r.question, r.answer) for r in rows[i:i + batch]])
     bad = [k for k, r in enumerate(rows) if r.correction]
     won = dict(zip(bad, closer_to_reference(embed or Embedder(), [rows[k].answer for k in bad],

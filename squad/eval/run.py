@@ -24,10 +24,10 @@ def fingerprint(squad, thresholds: dict[str, float], max_steps: int) -> dict:
 def run_suite(squad, rows: list[SuiteRow], batch_size: int = 32, progress: bool = True,
               desc: str = "squad") -> list[Correction]:
     """``Squad.correct_batch`` over every row, in chunks, with a progress bar."""
-    from tqdm import tqdm
+    from squad.progress import terminal_bar
 
     out: list[Correction] = []
-    with tqdm(total=len(rows), desc=desc, unit="pair", disable=None if progress else True) as bar:
+    with terminal_bar(total=len(rows), desc=desc, unit="pair", enabled=progress) as bar:
         for i in range(0, len(rows), batch_size):
             chunk = rows[i:i + batch_size]
             out += squad.correct_batch([(r.question, r.answer) for r in chunk])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 def upstream_answers(questions: list[str], model: str = "smollm2-135m-instruct", max_tokens: int = 160,
                      batch_size: int = 16) -> list[str]:
-    from tqdm import tqdm
+    from squad.progress import terminal_bar
 
     from squad.aligner.engine import HFEngine
     from squad.models.registry import resolve
@@ -23,7 +23,7 @@ def upstream_answers(questions: list[str], model: str = "smollm2-135m-instruct",
     engine = HFEngine(Path(resolve(model)), batch_size=batch_size)
     prompts = [chat_prompt(engine.tokenizer, [{"role": "user", "content": q}]) for q in questions]
     out: list[str] = []
-    for i in tqdm(range(0, len(prompts), batch_size * 2), desc="upstream answers", unit="batch", disable=None):
+    for i in terminal_bar(range(0, len(prompts), batch_size * 2), desc="upstream answers", unit="batch"):
         out += engine.generate(prompts[i:i + batch_size * 2], None, max_tokens)
     return out
 

@@ -229,7 +229,7 @@ def synthesize(policy: Policy, prompts: SynthPrompts, teacher: Teacher, output: 
     ``OUTPUT.rejects.jsonl``) as ``{stage, reason, question_number, topic, question, ...}``.
     ``embed(texts) -> normalised tensor`` defaults to MiniLM (``squad.eval.metrics.Embedder``).
     """
-    from tqdm import tqdm
+    from squad.progress import terminal_bar
 
     cfg = config or SynthConfig()
     output = Path(output)
@@ -241,7 +241,7 @@ def synthesize(policy: Policy, prompts: SynthPrompts, teacher: Teacher, output: 
     for p in (output, rejects):
         p.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "w", encoding="utf-8") as out, open(rejects, "w", encoding="utf-8") as rej, \
-            tqdm(total=cfg.n, desc=f"synth {policy.name}", unit="row", file=sys.stderr, disable=None if progress else True) as bar:
+            terminal_bar(total=cfg.n, desc=f"synth {policy.name}", unit="row", file=sys.stderr, enabled=progress) as bar:
         run = _Run(policy, prompts, teacher, cfg, out, rej, embed, summary, bar)
         run.run()
     summary.reasons = dict(run.reasons.most_common())
