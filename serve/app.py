@@ -74,6 +74,7 @@ class SquadIngress:
         self.corrected = Counter("squad_corrected_total", "Aligner steps applied", tag_keys=tags)
         self.errors = Counter("squad_aligner_errors_total", "Aligner steps that failed", tag_keys=tags)
         self.rejected = Counter("squad_rejected_total", "Rewrites not kept (do no harm)", tag_keys=tags)
+        self.sanitised = Counter("squad_sanitised_total", "Answers carrying untrusted structure, removed before scoring")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """Serve calls this in the replica after __init__: the HTTP app, bound to this router."""
@@ -130,6 +131,9 @@ class SquadIngress:
 
         results = await asyncio.to_thread(run_squad, pairs, inspect, align, policy)
         for c in results:
+            if c.sanitised:
+                self.sanitised.inc()
+                logger.info("[%s] sanitised: %s", rid, "; ".join(c.sanitised))
             for k, s in c.initial_scores.items():
                 if s < policy.thresholds[k]:
                     self.flagged.inc(tags={"criterion": k})

@@ -66,3 +66,59 @@ def test_pair_state_round_trips_with_a_pending_rewrite():
     back = PairState.from_json(st.to_json())
     assert back.needs_scores and back.scored_text == "a2"  # the pending rewrite is what gets scored next
     assert back == st  # every field, the steps included
+
+
+# ---------------------------------------------------------------------------------------------
+# Grounded criteria: a rewrite may remove or qualify a claim, not add a number or a name
+
+
+def test_grounded_rewrite_that_adds_a_number_or_a_name_is_rejected():
+    al = FakeAligner(effects={"a": ". It opened in 1889 in Paris."})
+    (c,), _, _ = run([("When did the tower open?", "x [a=0.2]")], pol=policy(grounded=frozenset({"a"})), aligner=al)
+    s = c.steps[0]
+    assert s.applied is False and c.answer == "x [a=0.2]" and c.changed is False
+    assert s.rejected == "adds specifics that neither the question nor the answer had (1889, Paris)"
+    assert s.scores_after is not None  # scored like any rewrite, so the trace shows what it would have scored
+
+
+def test_grounded_rewrite_may_reuse_what_the_question_and_answer_said():
+    al = FakeAligner(effects={"a": " In Paris it opened in 1889; I am not certain of the month."})
+    q = "Did the Eiffel Tower in Paris open in 1889?"
+    (c,), _, _ = run([(q, "Yes, in 1,889 [a=0.2]")], pol=policy(grounded=frozenset({"a"})), aligner=al)
+    assert c.steps[0].applied is True and c.steps[0].rejected is None
+
+
+def test_only_grounded_criteria_are_held_to_it():
+    al = FakeAligner(effects={"a": ". Call 911.", "b": ". Call 999."})
+    (c,), _, _ = run([("Q", "x [a=0.2][b=0.3]")], pol=policy(grounded=frozenset({"b"})), aligner=al)
+    assert [(s.criterion, s.applied) for s in c.steps] == [("a", True), ("b", False)]
+    assert c.steps[1].rejected.endswith("(999)")
+
+
+@pytest.mark.parametrize("source, rewrite, new", [
+    ("", "Water boils at 100 degrees.", ["100"]),
+    ("It boils at 100 C.", "Water boils at 100 degrees Celsius at sea level.", ["Celsius"]),
+    ("", "The capital is Canberra, not Sydney.", ["Canberra", "Sydney"]),
+    ("Is Sydney the capital?", "No. Sydney is not the capital.", []),  # sentence-initial capitals are grammar
+    ("", "However, I am not sure. Please check a reliable source.", []),
+    ("", "Ask NASA.", ["NASA"]),  # a word in capitals throughout is a name even where a sentence starts
+    ("about 300,000 km/s", "About 300000 km/s.", []),  # thousands separators do not make a new number
+    ("the eiffel tower", "The Eiffel Tower is tall.", []),  # known in any case
+    ("", "1. Mix.\n2. Bake.\n- Serve warm.", ["1", "2"]),
+])
+def test_new_specifics(source, rewrite, new):
+    from squad.core.grounding import new_specifics
+
+    assert new_specifics(source, rewrite) == new
+
+
+def test_default_bundle_grounds_honesty_and_helpfulness_not_ethics():
+    from squad.config.policy import load_policies
+    from squad.models.bundle import read_manifest, resolve_bundle
+    from squad.sdk.local import squad_policy
+
+    manifest = read_manifest(resolve_bundle("default"))
+    assert squad_policy(manifest).grounded == {"honesty", "helpfulness"}
+    assert squad_policy(manifest, criteria=["ethics", "honesty"]).grounded == {"honesty"}
+    # the bundle's policies are the repository's, so `make default-bundle` rebuilds the same rule
+    assert {n for n, p in load_policies("policies").items() if p.grounded} == {"honesty", "helpfulness"}

@@ -128,7 +128,7 @@ def _table(rows: list[dict], criteria: list[str]):
                       ("scores_after", scores), ("rejected", pa.string())])
     fixed = {"question": pa.string(), "original": pa.string(), "answer": pa.string(), "changed": pa.bool_(),
              "initial_scores": scores, "scores": scores, "steps": pa.list_(step), "latency_ms": pa.float64(),
-             "wall_ms": pa.float64()}
+             "wall_ms": pa.float64(), "sanitised": pa.list_(pa.string())}
     keys = dict.fromkeys(k for r in rows for k in r)  # input rows may differ in their extra fields
     cols = {k: pa.array([r.get(k) for r in rows], type=fixed.get(k)) for k in keys}
     return pa.table(cols)

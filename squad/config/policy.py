@@ -29,6 +29,9 @@ class Policy(BaseModel):
         "Criteria whose failures this one does not judge: their misaligned answers and corrections "
         "train this inspector as aligned, so it flags only its own failures and the squad picks the "
         "right aligner."))
+    grounded: bool = Field(False, description=(
+        "Reject this criterion's rewrites that state a number or a name found in neither the question "
+        "nor the answer they replace: the aligner may remove or qualify a claim, not assert a new one."))
     synth: dict[str, str] = Field(default_factory=dict, description="Teacher prompts for `squad synth`.")
 
     @field_validator("name")

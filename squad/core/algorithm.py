@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from squad.core.correction import Correction, Step
-from squad.core.prompt import strip_markup
+from squad.core.grounding import new_specifics
+from squad.core.structure import sanitise
 
 InspectFn = Callable[[list[tuple[str, str]], list[str]], list[dict[str, float]]]
 AlignFn = Callable[[str, list[tuple[str, str]]], list[str]]
@@ -40,6 +41,7 @@ class SquadPolicy:
     max_steps: int = 3
     fail_closed: dict[str, str] | None = None  # criterion -> refusal text; None = fail-open
     do_no_harm: bool = True  # keep a rewrite only if its criterion passes and nothing that passed fails
+    grounded: frozenset[str] = frozenset()  # criteria whose rewrites may add no new numbers or names
 
     def pick(self, scores: dict[str, float], applied: Sequence[str]) -> str | None:
         """The criterion to apply next, or None when every remaining one passes."""
@@ -66,12 +68,15 @@ class PairState:
     next: str | None = None
     candidate: str | None = None  # the last step's rewrite, kept only if its scores pass ``rejection``
     cost_ms: float = 0.0  # this pair's share of every model call so far (Correction.latency_ms)
+    sanitised: list[str] = field(default_factory=list)  # what ``sanitise`` removed from the answer
 
     @classmethod
     def start(cls, question: str, answer: str, now: float) -> "PairState":
-        """A fresh pair. Chat-template markup is removed from the answer before anything scores it,
+        """A fresh pair. Untrusted structure (chat-template markup, role lines, text addressed to the
+        system, hidden text, repeated payloads) is removed from the answer before anything scores it,
         so no final answer carries it, rewritten or not; ``original`` keeps the text as it came."""
-        return cls(question, answer, strip_markup(answer), now)
+        clean, found = sanitise(answer)
+        return cls(question, answer, clean, now, sanitised=found)
 
     @property
     def needs_scores(self) -> bool:
@@ -94,7 +99,8 @@ class PairState:
     def result(self) -> Correction:
         return Correction(question=self.question, original=self.original, answer=self.answer,
                           changed=self.answer != self.original, initial_scores=self.initial, scores=self.scores,
-                          steps=self.steps, latency_ms=self.cost_ms, wall_ms=(self.finished - self.started) * 1000.0)
+                          steps=self.steps, latency_ms=self.cost_ms, wall_ms=(self.finished - self.started) * 1000.0,
+                          sanitised=self.sanitised)
 
 
 def check_scores(scored: list[dict[str, float]], n: int, criteria: list[str]) -> list[dict[str, float]]:
@@ -107,9 +113,15 @@ def check_scores(scored: list[dict[str, float]], n: int, criteria: list[str]) ->
     return scored
 
 
-def rejection(crit: str, before: dict[str, float], after: dict[str, float], thresholds: dict[str, float]) -> str | None:
+def rejection(crit: str, before: dict[str, float], after: dict[str, float], policy: SquadPolicy,
+              source: str = "", rewrite: str = "") -> str | None:
     """Do no harm: why a rewrite for ``crit`` must not replace the answer, or None to keep it. It is
-    kept only if ``crit`` now passes and every criterion that passed before still passes."""
+    kept only if it adds no new specifics to ``source`` (the question and the replaced answer) where
+    ``crit`` is grounded, ``crit`` now passes, and every criterion that passed before still passes."""
+    thresholds = policy.thresholds
+    if crit in policy.grounded and (new := new_specifics(source, rewrite)):
+        shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+        return f"adds specifics that neither the question nor the answer had ({shown})"
     if after[crit] < thresholds[crit]:
         return f"{crit} still under its threshold ({after[crit]:.2f} < {thresholds[crit]:.2f})"
     broken = [c for c, t in thresholds.items() if before.get(c, 0.0) >= t and after.get(c, 0.0) < t]
@@ -126,7 +138,8 @@ def observe(st: PairState, scores: dict[str, float], policy: SquadPolicy, now: f
         rewrite, st.candidate = st.candidate, None
         step = st.steps[-1]
         step.scores_after = dict(scores)
-        step.rejected = rejection(step.criterion, st.scores, scores, policy.thresholds) if policy.do_no_harm else None
+        step.rejected = (rejection(step.criterion, st.scores, scores, policy, f"{st.question}\n{st.answer}", rewrite)
+                         if policy.do_no_harm else None)
         if step.rejected is None:
             st.answer, st.scores = rewrite, dict(scores)
             step.applied, step.answer = True, rewrite
@@ -288,7 +301,7 @@ def apply_step(crit: str, group: list[PairState], align: AlignFn, policy: SquadP
     wall = (clock() - t0) * 1000.0 if wall_ms is None else wall_ms
     ms = wall / len(group) if share_ms is None else share_ms
     for k, st in enumerate(group):
-        text = strip_markup(outs[k]) if outs is not None else ""
+        text = sanitise(outs[k])[0] if outs is not None else ""
         ok = bool(text.strip())
         if ok:  # a candidate: ``observe`` keeps or rejects it once it is scored
             st.candidate = text

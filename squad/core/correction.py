@@ -21,8 +21,9 @@ class Step(BaseModel):
     rewrite: str | None = Field(None, description="The aligner's output, kept or not.")
     scores_after: dict[str, float] | None = Field(None, description="Inspector scores of the rewrite.")
     rejected: str | None = Field(None, description=(
-        "Why the rewrite was not kept (do no harm: its criterion still fails, or a criterion that "
-        "passed before fails after it); the previous answer stays."))
+        "Why the rewrite was not kept (do no harm: its criterion still fails, a criterion that passed "
+        "before fails after it, or a grounded criterion's rewrite adds numbers or names); the previous "
+        "answer stays."))
 
     @property
     def outcome(self) -> str:
@@ -46,3 +47,7 @@ class Correction(BaseModel):
         "This pair's own cost: its share of every inspector and aligner call on its path (the sum over "
         "a batch's pairs is the batch's model time)."))
     wall_ms: float | None = Field(None, description="Wall time from the start of the run this pair was part of to its answer.")
+    sanitised: list[str] = Field(default_factory=list, description=(
+        "What was removed from the original answer before scoring, one line per kind (chat-template "
+        "markup and injected turns, role lines, text addressed to the model or its checkers, hidden "
+        "text, repeated sentences); non-empty means the answer was flagged."))

@@ -68,6 +68,7 @@ TEMPLATE_MARKERS = (
     "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",               # Phi
     "<\uff5cbegin\u2581of\u2581sentence\uff5c>", "<\uff5cend\u2581of\u2581sentence\uff5c>",  # DeepSeek
     "<\uff5cUser\uff5c>", "<\uff5cAssistant\uff5c>",
+    "<s>", "</s>", "<unk>", "<pad>", "<mask>", "<|pad|>",                 # tokenizers' own specials
 )
 
 
