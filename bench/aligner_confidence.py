@@ -1,12 +1,17 @@
 """Does the aligner's own confidence predict a rewrite judged worse? (issue: do no harm)
 
 For every rewrite kept as a final answer in the saved suite runs (``out/eval/<suite>.jsonl``, from
-``squad eval --suite``) that has a hand label (``eval/labels/<suite>.jsonl``), score the last kept
-step's rewrite under its own aligner, teacher-forced on the prompt that step saw: the mean token
-log-probability. Prints the AUROC of that confidence for telling rewrites judged better or same
-from those judged worse, and what a rejection threshold would cost at a few settings.
+``squad eval --suite``) that has a hand label (``eval/labels/<suite>.jsonl``), two confidences of
+the last kept step's rewrite, on the prompt that step saw:
+- ``mean_logprob``: its mean token log-probability under its own aligner, teacher-forced (PyTorch);
+- ``agreement`` (``--samples N``): how far N sampled rewrites (temperature 0.8, CTranslate2) agree
+  with it, as the mean normalised Levenshtein similarity; a model that knows the answer says it the
+  same way each time.
+Prints each one's AUROC for telling rewrites judged better or same from those judged worse, also on
+the rewrites a grounded criterion would keep (no new number or name), and what a rejection threshold
+would cost at a few settings.
 
-    python bench/aligner_confidence.py [--suites wild outputs upstream true-but-suspicious]
+    python bench/aligner_confidence.py [--suites wild outputs upstream true-but-suspicious] [--samples 4]
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import torch
 def kept_rewrites(run_file: Path, labels: dict) -> list[dict]:
     from squad.core.correction import Correction
     from squad.eval.labels import output_key
-    from squad.core.prompt import strip_markup
+    from squad.core.structure import sanitise
 
     out = []
     lines = run_file.read_text(encoding="utf-8").splitlines()[1:]
@@ -32,7 +37,7 @@ def kept_rewrites(run_file: Path, labels: dict) -> list[dict]:
         if not c.changed or lab is None or not kept:
             continue
         last = kept[-1]
-        before = kept[-2].answer if len(kept) > 1 else strip_markup(c.original)
+        before = kept[-2].answer if len(kept) > 1 else sanitise(c.original)[0]
         out.append({"id": d["id"], "criterion": last.criterion, "question": c.question, "input": before,
                     "rewrite": last.answer, "worse": lab.compare == "worse", "acceptable": lab.acceptable})
     return out
@@ -56,6 +61,25 @@ def mean_logprob(engine, aligner, items: list[dict]) -> list[float]:
     return scores
 
 
+def agreement(aligner, items: list[dict], samples: int, temperature: float = 0.8) -> list[float]:
+    """Mean similarity of ``samples`` sampled rewrites to the kept (greedy) one, per item."""
+    from rapidfuzz.distance import Levenshtein
+    from tqdm import tqdm
+
+    eng = aligner.engine
+    tok = eng.tokenizer
+    out = []
+    for it in tqdm(items, desc="sampled rewrites", unit="rewrite"):
+        start = tok.convert_ids_to_tokens(tok(aligner.prompt(it["criterion"], it["question"], it["input"]),
+                                              add_special_tokens=False)["input_ids"])
+        res = eng._generator(it["criterion"]).generate_batch(
+            [start] * samples, max_length=aligner.max_new_tokens, sampling_topk=0, sampling_temperature=temperature,
+            end_token=eng.stop_ids, include_prompt_in_result=False, no_repeat_ngram_size=eng.no_repeat_ngram)
+        texts = tok.batch_decode([r.sequences_ids[0] for r in res], skip_special_tokens=True)
+        out.append(sum(Levenshtein.normalized_similarity(it["rewrite"], t.strip()) for t in texts) / samples)
+    return out
+
+
 def main() -> None:
     from squad.eval.labels import load_labels
     from squad.eval.metrics import auroc
@@ -66,6 +90,7 @@ def main() -> None:
     p.add_argument("--runs", default="out/eval")
     p.add_argument("--bundle", default="default")
     p.add_argument("--output", default="out/eval/aligner_confidence.jsonl")
+    p.add_argument("--samples", type=int, default=0, help="sampled rewrites per item for the agreement measure")
     a = p.parse_args()
     items = []
     for s in a.suites:
@@ -74,30 +99,46 @@ def main() -> None:
             items += [{**it, "suite": s} for it in kept_rewrites(run, load_labels(Path("eval/labels") / f"{s}.jsonl"))]
     if not items:
         raise SystemExit("no labelled rewrites: run `squad eval --suite NAME` and label its outputs first")
-    squad = Squad.load(a.bundle)
-    aligner = squad.aligner
+    from squad.core.grounding import new_specifics
+
+    for it in items:
+        it["grounded_keeps"] = not new_specifics(f"{it['question']}\n{it['input']}", it["rewrite"])
+    aligner = Squad.load(a.bundle, engine="hf").aligner
     for it, lp in zip(items, mean_logprob(aligner.engine, aligner, items)):
         it["mean_logprob"] = lp
+    measures = ["mean_logprob"]
+    if a.samples:
+        import ctranslate2
+
+        ctranslate2.set_random_seed(0)
+        for it, ag in zip(items, agreement(Squad.load(a.bundle, engine="ct2").aligner, items, a.samples)):
+            it["agreement"] = ag
+        measures.append("agreement")
     Path(a.output).parent.mkdir(parents=True, exist_ok=True)
     Path(a.output).write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
     print(f"{len(items)} labelled rewrites ({sum(it['worse'] for it in items)} judged worse) -> {a.output}\n")
-    print("| group | n | worse | AUROC (confidence: not worse vs worse) | AUROC (acceptable vs not) |")
-    print("|---|---|---|---|---|")
-    groups = {"all": items, **{c: [it for it in items if it["criterion"] == c] for c in sorted({i["criterion"] for i in items})}}
-    for g, its in groups.items():
-        lp = [it["mean_logprob"] for it in its]
-        a1, a2 = auroc([0 if it["worse"] else 1 for it in its], lp), auroc([int(it["acceptable"]) for it in its], lp)
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"
-        print(f"| {g} | {len(its)} | {sum(it['worse'] for it in its)} | {fmt(a1)} | {fmt(a2)} |")
-    print("\nReject rewrites under a mean log-prob threshold:\n")
-    print("| threshold | worse rejected | not-worse rejected |")
-    print("|---|---|---|")
-    worse = [it["mean_logprob"] for it in items if it["worse"]]
-    fine = [it["mean_logprob"] for it in items if not it["worse"]]
-    for q in (0.1, 0.25, 0.5):
-        t = sorted(fine)[int(q * (len(fine) - 1))] if fine else 0.0
-        print(f"| {t:.3f} | {sum(x < t for x in worse)}/{len(worse)} | {sum(x < t for x in fine)}/{len(fine)} |")
-
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"
+    for m in measures:
+        print(f"### {m}\n")
+        print("| group | n | worse | AUROC (not worse vs worse) | AUROC (acceptable vs not) |")
+        print("|---|---|---|---|---|")
+        crits = sorted({i["criterion"] for i in items})
+        groups = {"all": items, **{c: [it for it in items if it["criterion"] == c] for c in crits},
+                  "kept by grounding (honesty, helpfulness)": [it for it in items if it["criterion"] != "ethics"
+                                                               and it["grounded_keeps"]]}
+        for g, its in groups.items():
+            v = [it[m] for it in its]
+            a1, a2 = auroc([0 if it["worse"] else 1 for it in its], v), auroc([int(it["acceptable"]) for it in its], v)
+            print(f"| {g} | {len(its)} | {sum(it['worse'] for it in its)} | {fmt(a1)} | {fmt(a2)} |")
+        print(f"\nReject rewrites under a {m} threshold (set at a quantile of the not-worse ones):\n")
+        print("| threshold | worse rejected | not-worse rejected |")
+        print("|---|---|---|")
+        worse = [it[m] for it in items if it["worse"]]
+        fine = [it[m] for it in items if not it["worse"]]
+        for q in (0.1, 0.25, 0.5):
+            t = sorted(fine)[int(q * (len(fine) - 1))] if fine else 0.0
+            print(f"| {t:.3f} | {sum(x < t for x in worse)}/{len(worse)} | {sum(x < t for x in fine)}/{len(fine)} |")
+        print()
 
 if __name__ == "__main__":
     main()

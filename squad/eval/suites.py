@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, field_validator
 from squad.data.rows import iter_jsonl
 from squad.errors import DataError
 
-SUITES = ("wild", "true-but-suspicious", "adversarial", "outputs", "upstream")
+SUITES = ("wild", "true-but-suspicious", "adversarial", "adversarial-fresh", "outputs", "upstream")
 
 
 class SuiteRow(BaseModel):
