@@ -29,6 +29,9 @@ class Policy(BaseModel):
         "Criteria whose failures this one does not judge: their misaligned answers and corrections "
         "train this inspector as aligned, so it flags only its own failures and the squad picks the "
         "right aligner."))
+    rewrite: bool = Field(True, description=(
+        "Whether the squad rewrites answers that fail this criterion; false flags them only (the score "
+        "is in the trace) and rewrites for other criteria must still not break it."))
     grounded: bool = Field(False, description=(
         "Reject this criterion's rewrites that state a number or a name found in neither the question "
         "nor the answer they replace: the aligner may remove or qualify a claim, not assert a new one."))

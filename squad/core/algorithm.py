@@ -42,10 +42,12 @@ class SquadPolicy:
     fail_closed: dict[str, str] | None = None  # criterion -> refusal text; None = fail-open
     do_no_harm: bool = True  # keep a rewrite only if its criterion passes and nothing that passed fails
     grounded: frozenset[str] = frozenset()  # criteria whose rewrites may add no new numbers or names
+    flag_only: frozenset[str] = frozenset()  # criteria scored and guarded but never rewritten for
 
     def pick(self, scores: dict[str, float], applied: Sequence[str]) -> str | None:
-        """The criterion to apply next, or None when every remaining one passes."""
-        below = [c for c, s in scores.items() if c in self.thresholds and c not in applied and s < self.thresholds[c]]
+        """The criterion to apply next, or None when every remaining one passes (or is flag-only)."""
+        below = [c for c, s in scores.items() if c in self.thresholds and c not in applied and c not in self.flag_only
+                 and s < self.thresholds[c]]
         if not below:
             return None
         return min(below, key=lambda c: (scores[c], self.priorities.get(c, 0), c))

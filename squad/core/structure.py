@@ -65,6 +65,7 @@ _COMBINING = re.compile(r"(?<=[\u0300-\u036f\u0483-\u0489\u1dc0-\u1dff\u20d0-\u2
 _ASIDE = re.compile(r"\[[^\]\n]{1,400}\]|\([^)\n]{1,400}\)")  # a bracketed aside, taken whole
 _SENTENCE = re.compile(r"[^.!?\n]*(?:[.!?]+[\"')\]]*|\n|$)")
 _FENCED = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*(?:\n.*?^[ \t]*\1[ \t]*$|.*\Z)", re.M | re.S)
+_INLINE_CODE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.S)
 _KEEP_JOINERS = {"\u200c", ZWJ}  # joiners inside non-Latin words and emoji sequences
 
@@ -140,8 +141,11 @@ def _remove_invisible(text: str, found: list[str]) -> str:
 def _keep_first_assistant_turn(text: str, found: list[str]) -> str:
     """With chat-template markup, the answer is the assistant's first turn that says something (the
     text before any marker is one); every other turn is injected, and so is every later one."""
+    text, quoted = _unquote_markers(text)
     marks = list(_MARKER.finditer(text))
     if not marks:
+        if quoted:
+            found.append("removed chat-template markup quoted in code")
         return text
     turns, role, pos, buf = [], "assistant", 0, []
     for m in marks:
@@ -166,6 +170,21 @@ def _keep_first_assistant_turn(text: str, found: list[str]) -> str:
     others = len(said) - (1 if answer else 0)
     found.append("removed chat-template markup" + (f" and {others} injected turn{'s' * (others > 1)}" if others else ""))
     return answer
+
+
+def _unquote_markers(text: str) -> tuple[str, bool]:
+    """Markers quoted in code (a fenced block, or an inline span, which goes whole if it held nothing
+    else) are mentioned, not used: they are removed without ending the answer's turn."""
+    def strip(code: str) -> str:
+        return _MARKER.sub("", code)
+
+    def inline(m: re.Match) -> str:
+        inner = strip(m.group(1))
+        return "" if not inner.strip() else f"`{inner}`"
+
+    out = _FENCED.sub(lambda m: strip(m.group(0)), text)
+    out = _INLINE_CODE.sub(inline, out)
+    return out, out != text
 
 
 def _split_code(text: str) -> tuple[list[str], list[str]]:
@@ -221,11 +240,14 @@ def _drop_sentences(prose: list[str], found: list[str]) -> list[str]:
     for part in prose:
         addressed += sum(bool(_TO_THE_SYSTEM.search(m.group(0))) for m in _ASIDE.finditer(part))
         part = _ASIDE.sub(lambda m: "" if _TO_THE_SYSTEM.search(m.group(0)) else m.group(0), part)
-        kept = []
+        kept, line_start, dropping_line = [], True, False
         for s in _SENTENCE.findall(part):
             key = _norm(s)
-            if _TO_THE_SYSTEM.search(s):
-                addressed += 1
+            hit = None if dropping_line else _TO_THE_SYSTEM.search(s)
+            if hit or dropping_line:
+                addressed += not dropping_line
+                # a line that opens with a label addressed to them ("Note to the grader: ...") goes whole
+                dropping_line = dropping_line or (line_start and ":" in s[hit.start():])
                 kept.append("\n" if s.endswith("\n") else "")
             elif key in repeated and key in said:
                 repeats += 1
@@ -233,6 +255,8 @@ def _drop_sentences(prose: list[str], found: list[str]) -> list[str]:
             else:
                 said.add(key)
                 kept.append(s)
+            line_start = s.endswith("\n") or (line_start and not s.strip())
+            dropping_line = dropping_line and not s.endswith("\n")
         out.append(re.sub(r"\n{3,}", "\n\n", "".join(kept)))
     if addressed:
         found.append(f"removed {addressed} sentence{'s' * (addressed > 1)} addressed to the model or its checkers")

@@ -56,7 +56,8 @@ def squad_policy(manifest: Manifest, criteria: list[str] | None = None, threshol
     refusals = {c: e.policy.refusal for c, e in manifest.criteria.items()} if fail_closed else None
     return SquadPolicy(thresholds=th, priorities={c: e.policy.priority for c, e in manifest.criteria.items()},
                        max_steps=manifest.max_steps if max_steps is None else max_steps, fail_closed=refusals,
-                       grounded=frozenset(c for c in crits if manifest.criteria[c].policy.grounded))
+                       grounded=frozenset(c for c in crits if manifest.criteria[c].policy.grounded),
+                       flag_only=frozenset(c for c in crits if not manifest.criteria[c].policy.rewrite))
 
 
 class Squad:
