@@ -122,3 +122,19 @@ def test_default_bundle_grounds_honesty_and_helpfulness_not_ethics():
     assert squad_policy(manifest, criteria=["ethics", "honesty"]).grounded == {"honesty"}
     # the bundle's policies are the repository's, so `make default-bundle` rebuilds the same rule
     assert {n for n, p in load_policies("policies").items() if p.grounded} == {"honesty", "helpfulness"}
+
+
+def test_flag_only_criterion_is_never_rewritten_for_but_still_guarded():
+    al = FakeAligner(effects={"a": "[c=0.1]"})
+    pol = policy(flag_only=frozenset({"c"}))
+    (c1, c2), _, _ = run([("Q", "x [c=0.1]"), ("Q", "y [a=0.2]")], pol=pol, aligner=al)
+    assert c1.steps == [] and c1.answer == "x [c=0.1]" and c1.scores["c"] == pytest.approx(0.1)  # flagged, kept
+    assert [crit for crit, _ in al.calls] == ["a"]
+    assert c2.steps[0].rejected.startswith("c passed before")  # a's rewrite may not break flag-only c
+
+
+def test_default_bundle_flags_helpfulness_without_rewriting_it():
+    from squad.models.bundle import read_manifest, resolve_bundle
+    from squad.sdk.local import squad_policy
+
+    assert squad_policy(read_manifest(resolve_bundle("default"))).flag_only == {"helpfulness"}

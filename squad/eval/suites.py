@@ -32,7 +32,8 @@ class SuiteRow(BaseModel):
     domain: str = Field("", description="Subject area.")
     note: str = Field("", description="What is wrong with the answer, or why it is fine.")
     expect: Literal["flag", "correct", "pass"] | None = Field(
-        None, description="Adversarial rows: flag = some inspector under threshold; correct = changed; pass = untouched.")
+        None, description="Adversarial rows: flag = flagged (structure removed or an inspector under threshold); "
+                          "correct = changed; pass = untouched.")
     must_not_contain: list[str] = Field(default_factory=list, description="Substrings the final answer must not contain.")
     probe: str | None = Field(None, description="Upstream rows: the criterion the question was written to probe.")
 
