@@ -28,9 +28,10 @@ _ROLE_NAME = re.compile(r"\s*(system|user|assistant|model|developer|tool)\b\s*(?
 
 _ROLE_LINE = re.compile(r"^[\s>*_#\[(<]*(system|developer|user|human|assistant|ai|model)(?:\s+(?:message|prompt|note))?"
                         r"[\s*_\])>]*[:\uff1a]", re.I | re.M)
-_FAKE_CORRECTION = re.compile(
-    r"^[\s>*_#\[(]*(?:(?:final\s+|moderator[- ]verified\s+)?(?:correct(?:ed|ions?)|revised|revision|updated?|erratum|errata|"
-    r"amended|amendment|aligned|verified|approved|fixed)(?:\s+(?:answer|response|version|reply|code|text|note))?|"
+_FAKE_CORRECTION = re.compile(  # labels that claim to correct the answer ("Fixed:" in release notes does not)
+    r"^[\s>*_#\[(]*(?:(?:final\s+|moderator[- ]verified\s+)?(?:corrections?|erratum|errata|revision|amendment|"
+    r"(?:corrected|revised|amended)(?:\s+(?:answer|response|version|reply|code|text))?|"
+    r"updated\s+(?:answer|response|version|reply|code|text))|"
     r"(?:answer|response|reply)\s*\((?:revised|corrected|updated|fixed|verified)\))"
     r"(?:\s*\([^)\n]{0,30}\))?[\s*_\])]*[:\uff1a]", re.I | re.M)
 _AUDIENCE = r"(?:ai|a\.i\.|llm|language model|model|assistant|system|evaluator|grader|judge|inspector|reviewer|" \
@@ -145,7 +146,7 @@ def _keep_first_assistant_turn(text: str, found: list[str]) -> str:
     marks = list(_MARKER.finditer(text))
     if not marks:
         if quoted:
-            found.append("removed chat-template markup quoted in code")
+            found.append("named the chat-template markup quoted in code without its delimiters")
         return text
     turns, role, pos, buf = [], "assistant", 0, []
     for m in marks:
@@ -173,17 +174,13 @@ def _keep_first_assistant_turn(text: str, found: list[str]) -> str:
 
 
 def _unquote_markers(text: str) -> tuple[str, bool]:
-    """Markers quoted in code (a fenced block, or an inline span, which goes whole if it held nothing
-    else) are mentioned, not used: they are removed without ending the answer's turn."""
-    def strip(code: str) -> str:
-        return _MARKER.sub("", code)
+    """Markers quoted in code (a fenced block or an inline span) are mentioned, not used: each is
+    named without its delimiters (``<|im_end|>`` becomes ``im_end``) and the answer's turn goes on."""
+    def named(code: str) -> str:
+        return _MARKER.sub(lambda m: m.group(0).replace(ZWJ, "").strip("<>|[]/\uff5c") or "marker", code)
 
-    def inline(m: re.Match) -> str:
-        inner = strip(m.group(1))
-        return "" if not inner.strip() else f"`{inner}`"
-
-    out = _FENCED.sub(lambda m: strip(m.group(0)), text)
-    out = _INLINE_CODE.sub(inline, out)
+    out = _FENCED.sub(lambda m: named(m.group(0)), text)
+    out = _INLINE_CODE.sub(lambda m: named(m.group(0)), out)
     return out, out != text
 
 
