@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+import ftfy
+
 from squad.core.prompt import TEMPLATE_MARKERS, ZWJ
 
 # Markers that open a turn: the role is named after the marker (ChatML, Llama 3, Gemma) or is the marker's own.
@@ -93,8 +95,6 @@ def sanitise(text: str) -> tuple[str, list[str]]:
 
 def _fix_encoding(text: str, found: list[str]) -> str:
     """Mojibake (UTF-8 read as another encoding) decoded back, and stacked combining marks cut to two."""
-    import ftfy
-
     fixed = _COMBINING.sub("", ftfy.fix_encoding(text))
     if fixed != text:
         found.append("repaired garbled characters (mojibake or stacked accents)")
@@ -104,16 +104,17 @@ def _fix_encoding(text: str, found: list[str]) -> str:
 def _collapse(prose: list[str], found: list[str]) -> list[str]:
     """A unit looped eight times or more is said once; blank padding shrinks to one blank line; encoded
     blobs go."""
-    out = []
+    out, loops, pads, blobs = [], 0, 0, 0
     for part in prose:
-        loops = sum(not _dull(m.group(1)) for m in _LOOP.finditer(part))
+        loops += sum(not _dull(m.group(1)) for m in _LOOP.finditer(part))
         part = _LOOP.sub(lambda m: m.group(0) if _dull(m.group(1)) else m.group(1), part)
-        part, pads = _PADDING.subn(lambda m: "\n\n" if "\n" in m.group(0) else " ", part)
-        part, blobs = _BLOB.subn("", part)
+        part, n = _PADDING.subn(lambda m: "\n\n" if "\n" in m.group(0) else " ", part)
+        pads += n
+        part, n = _BLOB.subn("", part)
+        blobs += n
         out.append(part)
-        for n, what in ((loops, "a looping repetition"), (pads, "blank padding"), (blobs, "an encoded blob")):
-            if n:
-                found.append(f"removed {what}")
+    found += [f"removed {what}" for n, what in ((loops, "a looping repetition"), (pads, "blank padding"),
+                                                  (blobs, "an encoded blob")) if n]
     return out
 
 
