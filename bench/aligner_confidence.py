@@ -4,7 +4,7 @@ For every rewrite kept as a final answer in the saved suite runs (``out/eval/<su
 ``squad eval --suite``) that has a hand label (``eval/labels/<suite>.jsonl``), two confidences of
 the last kept step's rewrite, on the prompt that step saw:
 - ``mean_logprob``: its mean token log-probability under its own aligner, teacher-forced (PyTorch);
-- ``agreement`` (``--samples N``): how far N sampled rewrites (temperature 0.8, CTranslate2) agree
+- ``agreement`` (``--samples N``): how far N sampled rewrites (temperature 0.8, top 40, CTranslate2) agree
   with it, as the mean normalised Levenshtein similarity; a model that knows the answer says it the
   same way each time.
 Prints each one's AUROC for telling rewrites judged better or same from those judged worse, also on
@@ -73,7 +73,7 @@ def agreement(aligner, items: list[dict], samples: int, temperature: float = 0.8
         start = tok.convert_ids_to_tokens(tok(aligner.prompt(it["criterion"], it["question"], it["input"]),
                                               add_special_tokens=False)["input_ids"])
         res = eng._generator(it["criterion"]).generate_batch(
-            [start] * samples, max_length=aligner.max_new_tokens, sampling_topk=0, sampling_temperature=temperature,
+            [start] * samples, max_length=aligner.max_new_tokens, sampling_topk=40, sampling_temperature=temperature,
             end_token=eng.stop_ids, include_prompt_in_result=False, no_repeat_ngram_size=eng.no_repeat_ngram)
         texts = tok.batch_decode([r.sequences_ids[0] for r in res], skip_special_tokens=True)
         out.append(sum(Levenshtein.normalized_similarity(it["rewrite"], t.strip()) for t in texts) / samples)
@@ -91,6 +91,7 @@ def main() -> None:
     p.add_argument("--bundle", default="default")
     p.add_argument("--output", default="out/eval/aligner_confidence.jsonl")
     p.add_argument("--samples", type=int, default=0, help="sampled rewrites per item for the agreement measure")
+    p.add_argument("--limit", type=int, default=0, help="measure a random subset of this many rewrites (seed 0)")
     a = p.parse_args()
     items = []
     for s in a.suites:
@@ -99,6 +100,10 @@ def main() -> None:
             items += [{**it, "suite": s} for it in kept_rewrites(run, load_labels(Path("eval/labels") / f"{s}.jsonl"))]
     if not items:
         raise SystemExit("no labelled rewrites: run `squad eval --suite NAME` and label its outputs first")
+    if a.limit and len(items) > a.limit:
+        import random
+
+        items = random.Random(0).sample(items, a.limit)
     from squad.core.grounding import new_specifics
 
     for it in items:

@@ -32,7 +32,7 @@ def _step(s) -> str:
     return f"{s.criterion}\n{what} {s.latency_ms / 1000:.1f} s"
 
 
-def _table(results, criteria: list[str]):
+def _table(results, thresholds: dict[str, float]):
     """One row per answer, on one screen: a rewritten answer's row shows the answer it replaced beside
     its question; an answer that passed shows in the squad's column, as the user gets it."""
     from rich import box
@@ -43,16 +43,18 @@ def _table(results, criteria: list[str]):
     table.add_column("#", justify="right", width=1)
     table.add_column("question, and the answer it got", ratio=2)
     table.add_column("the squad's answer", ratio=3)
-    table.add_column("scores " + "/".join(c[0] for c in criteria), width=14)
+    table.add_column("scores " + "/".join(c[0] for c in thresholds), width=14)
     table.add_column("aligner step", width=12)
     for i, c in enumerate(results, 1):
         scores = _scores(c.initial_scores) + (f"\n{_scores(c.scores)}" if c.changed else "")
-        steps = "\n".join(escape(_step(s)) for s in c.steps) or "none"
+        steps = "\n".join(escape(_step(s)) for s in c.steps) or ("sanitised" if c.sanitised else "none")
         question = f"[bold]{escape(c.question)}[/]"
         if c.changed:
             table.add_row(str(i), f"{question}\n[dim]{escape(c.original)}[/]", f"[green]{escape(c.answer)}[/]", scores, steps)
         else:
-            table.add_row(str(i), question, f"{escape(c.answer)} [dim](passed untouched)[/]", scores, steps)
+            flagged = [k for k, t in thresholds.items() if c.scores[k] < t]
+            mark = f"flagged: {', '.join(flagged)}; answer kept" if flagged else "passed untouched"
+            table.add_row(str(i), question, f"{escape(c.answer)} [dim]({mark})[/]", scores, steps)
     return table
 
 
@@ -75,7 +77,7 @@ def main() -> None:
                   f"aligners on {squad.aligner.engine.name}. Correcting {len(SAMPLES)} answers in one batch...")
     t1 = time.perf_counter()
     results = squad.correct_batch(SAMPLES)
-    console.print(_table(results, squad.criteria))
+    console.print(_table(results, squad.policy().thresholds))
     console.print(f"{len(results)} answers in {time.perf_counter() - t1:.1f} s ({time.perf_counter() - t0:.1f} s with "
                   "loading); a step's time is its answer's share of the batched aligner call.\nScores are the "
                   "inspectors' P(aligned) before/after, not a safety guarantee; the README's first table says how "
