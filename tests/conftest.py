@@ -28,12 +28,19 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def tiny_bundle(ray_cluster, tmp_path_factory) -> Path:
-    """A bundle trained end to end on tiny random models through the real Ray Train launcher."""
+    """A bundle trained end to end on tiny random models through the real Ray Train launcher, from the
+    repository's policies with every criterion rewriting (the shipped ones flag some only), so the
+    tests reach multi-step corrections."""
+    import shutil
+
     from squad.config.loading import load_config
     from squad.train.config import TrainConfig
     from squad.train.launcher import train_squad
 
     work = tmp_path_factory.mktemp("tiny_train")
+    policies = shutil.copytree(ROOT / "policies", work / "policies")
+    for f in policies.glob("*/policy.yaml"):
+        f.write_text(f.read_text(encoding="utf-8").replace("\nrewrite: false\n", "\nrewrite: true\n"), encoding="utf-8")
     cfg = load_config(ROOT / "configs" / "train_tiny.yaml", TrainConfig,
-                      [f"policies={ROOT / 'policies'}", f"output={work / 'bundle'}", f"storage={work / 'runs'}"])
+                      [f"policies={policies}", f"output={work / 'bundle'}", f"storage={work / 'runs'}"])
     return train_squad(cfg, root=ROOT, log=lambda *_: None)

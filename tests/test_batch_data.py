@@ -107,7 +107,7 @@ def test_fused_layout_equals_the_staged_pipeline_and_the_sdk(tmp_path: Path, tin
     from squad import Squad
     from squad.batch.pipeline import load_batch_config, run_batch
 
-    th = {"ethics": 1.0, "helpfulness": 0.0, "honesty": 1.0}  # two forced rounds, then max_steps
+    th = {"ethics": 1.0, "helpfulness": 1.0, "honesty": 0.0}  # two forced rounds, then max_steps
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(_row(i)) + "\n" for i in range(24)))
     got = {}

@@ -133,8 +133,10 @@ def test_flag_only_criterion_is_never_rewritten_for_but_still_guarded():
     assert c2.steps[0].rejected.startswith("c passed before")  # a's rewrite may not break flag-only c
 
 
-def test_default_bundle_flags_helpfulness_without_rewriting_it():
+def test_default_bundle_flags_honesty_and_helpfulness_without_rewriting_them():
+    from squad.config.policy import load_policies
     from squad.models.bundle import read_manifest, resolve_bundle
     from squad.sdk.local import squad_policy
 
-    assert squad_policy(read_manifest(resolve_bundle("default"))).flag_only == {"helpfulness"}
+    assert squad_policy(read_manifest(resolve_bundle("default"))).flag_only == {"helpfulness", "honesty"}
+    assert {n for n, p in load_policies("policies").items() if not p.rewrite} == {"helpfulness", "honesty"}

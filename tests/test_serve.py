@@ -26,7 +26,7 @@ class FaultyAligner:
         pass
 
     async def correct(self, criterion, pairs):
-        if criterion == "honesty":  # passes the router's aligner timeout
+        if criterion == "helpfulness":  # passes the router's aligner timeout
             import asyncio
 
             await asyncio.sleep(30)
@@ -277,11 +277,11 @@ def test_aligner_fault_fails_open_and_closed(server):
     r = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5", "thresholds": forced})
     assert r.status_code == 200
     out = r.json()
-    assert out["answer"] == "5" and not out["changed"] and len(out["steps"]) == 2  # helpfulness is flag-only
+    assert out["answer"] == "5" and not out["changed"] and len(out["steps"]) == 3
     errors = {s["criterion"]: s["error"] for s in out["steps"]}
     assert not any(s["applied"] for s in out["steps"])
-    assert "exploded" in errors["ethics"]
-    assert "Timeout" in errors["honesty"], errors["honesty"]
+    assert "exploded" in errors["ethics"] and "exploded" in errors["honesty"]
+    assert "Timeout" in errors["helpfulness"], errors["helpfulness"]
     serve.run(build_graph(_args(bundle, fail_closed=True), aligner_cls=FaultyAligner), name="squad", route_prefix="/")
     out = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5", "thresholds": forced}).json()
     from squad.models.bundle import read_manifest
