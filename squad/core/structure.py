@@ -85,8 +85,8 @@ def sanitise(text: str) -> tuple[str, list[str]]:
     if any(_HTML_COMMENT.search(p) for p in prose):
         prose = [_HTML_COMMENT.sub("", p) for p in prose]
         found.append("removed hidden text (an HTML comment)")
-    prose, code = _cut_from(prose, code, _ROLE_LINE, "a role line", found, "drop")
-    prose, code = _cut_from(prose, code, _FAKE_CORRECTION, "a block posing as a correction", found, "keep")
+    prose, code = _keep_first_assistant_lines(prose, code, found)
+    prose, code = _cut_from(prose, code, _FAKE_CORRECTION, "a block posing as a correction", found)
     prose = _drop_sentences(prose, found)
     prose = _collapse(prose, found)
     text = _join_code(prose, code).strip()
@@ -205,22 +205,35 @@ def _join_code(prose: list[str], code: list[str]) -> str:
     return "".join(out)
 
 
-def _cut_from(prose: list[str], code: list[str], pattern: re.Pattern, what: str, found: list[str],
-              at_start: str) -> tuple[list[str], list[str]]:
-    """Everything from the first line matching ``pattern`` on, code blocks included. A match that opens
-    the answer is its own label: ``at_start`` says what then happens to it (``keep`` it, or ``drop``
-    the label alone)."""
+def _keep_first_assistant_lines(prose: list[str], code: list[str], found: list[str]) -> tuple[list[str], list[str]]:
+    """Role lines (``System:``, ``### User:``) split the answer into turns as markup does: the answer is
+    the assistant's first turn that says something (text before any role line is one)."""
+    joined = "".join(p + (f"\x00{i}\x00" if i < len(code) else "") for i, p in enumerate(prose))
+    marks = list(_ROLE_LINE.finditer(joined))
+    if not marks:
+        return prose, code
+    turns, role, pos = [], "assistant", 0
+    for m in marks:
+        turns.append((role, joined[pos:m.start()]))
+        role, pos = m.group(1).lower(), m.end()
+    turns.append((role, joined[pos:]))
+    said = [(r, t) for r, t in turns if t.strip()]
+    answer = next((t for r, t in said if r in ("assistant", "ai", "model")), "")
+    others = len(said) - (1 if answer else 0)
+    found.append("removed role lines" + (f" and {others} injected turn{'s' * (others > 1)}" if others else ""))
+    parts = re.split(r"\x00(\d+)\x00", answer)
+    return parts[0::2], [code[int(i)] for i in parts[1::2]]
+
+
+def _cut_from(prose: list[str], code: list[str], pattern: re.Pattern, what: str,
+              found: list[str]) -> tuple[list[str], list[str]]:
+    """Everything from the first line matching ``pattern`` after some text on, code blocks included (a
+    match with nothing before it is the answer's own label, and stays)."""
     for k, part in enumerate(prose):
-        m = pattern.search(part)
-        if m is None:
-            continue
-        if not ("".join(prose[:k]) + "".join(code[:k]) + part[:m.start()]).strip():
-            if at_start == "drop":
-                prose[k] = part[:m.start()] + part[m.end():]
-                found.append(f"removed {what}")
-            return prose, code
-        found.append(f"removed {what} and what followed it")
-        return prose[:k] + [part[:m.start()]], code[:k]
+        for m in pattern.finditer(part):
+            if ("".join(prose[:k]) + "".join(code[:k]) + part[:m.start()]).strip():
+                found.append(f"removed {what} and what followed it")
+                return prose[:k] + [part[:m.start()]], code[:k]
     return prose, code
 
 
