@@ -207,16 +207,22 @@ def _join_code(prose: list[str], code: list[str]) -> str:
 
 def _keep_first_assistant_lines(prose: list[str], code: list[str], found: list[str]) -> tuple[list[str], list[str]]:
     """Role lines (``System:``, ``### User:``) split the answer into turns as markup does: the answer is
-    the assistant's first turn that says something (text before any role line is one)."""
+    the assistant's first turn that says something (text before any role line is one). Without
+    markup a turn has no end marker: another role's turn ends at its paragraph's end."""
     joined = "".join(p + (f"\x00{i}\x00" if i < len(code) else "") for i, p in enumerate(prose))
     marks = list(_ROLE_LINE.finditer(joined))
     if not marks:
         return prose, code
     turns, role, pos = [], "assistant", 0
-    for m in marks:
-        turns.append((role, joined[pos:m.start()]))
-        role, pos = m.group(1).lower(), m.end()
-    turns.append((role, joined[pos:]))
+    for m in [*marks, None]:
+        text = joined[pos:m.start() if m else len(joined)]
+        if role not in ("assistant", "ai", "model") and (gap := re.search(r"\n[ \t]*\n", text.strip("\n"))):
+            text = text.strip("\n")  # another role's plain-text turn ends with its paragraph
+            turns += [(role, text[:gap.start()]), ("assistant", text[gap.end():])]
+        else:
+            turns.append((role, text))
+        if m:
+            role, pos = m.group(1).lower(), m.end()
     said = [(r, t) for r, t in turns if t.strip()]
     answer = next((t for r, t in said if r in ("assistant", "ai", "model")), "")
     others = len(said) - (1 if answer else 0)
