@@ -94,8 +94,9 @@ def fake_squad(monkeypatch):
     from squad.config.policy import load_policies
     from squad.sdk.local import Squad
 
-    policies = load_policies(ROOT / "policies")
-    manifest = Manifest(criteria={c: CriterionEntry(policy=p, aligner=f"aligner/{c}") for c, p in policies.items()},
+    policies = load_policies(ROOT / "policies")  # every criterion rewriting, as in the tiny test bundle
+    manifest = Manifest(criteria={c: CriterionEntry(policy=p.model_copy(update={"rewrite": True}), aligner=f"aligner/{c}")
+                                  for c, p in policies.items()},
                         aligner=AlignerSpec(base="none"), inspector=InspectorSpec(base="none"))
     loads = []
 
