@@ -335,8 +335,8 @@ class Runner:
         self.pool.shutdown(wait=False, cancel_futures=True)
         if self.server is not None and self.server.poll() is None:
             os.killpg(self.server.pid, signal.SIGINT)
-            try:
-                self.server.wait(timeout=60)
+            try:  # `serve run` stops its local Ray slowly; nothing is kept after the session
+                self.server.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 os.killpg(self.server.pid, signal.SIGKILL)
                 self.server.wait(timeout=30)

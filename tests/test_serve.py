@@ -282,7 +282,8 @@ def test_aligner_fault_fails_open_and_closed(server):
     assert not any(s["applied"] for s in out["steps"])
     assert "exploded" in errors["ethics"] and "exploded" in errors["honesty"]
     assert "Timeout" in errors["helpfulness"], errors["helpfulness"]
-    serve.run(build_graph(_args(bundle, fail_closed=True), aligner_cls=FaultyAligner), name="squad", route_prefix="/")
+    serve.run(build_graph(_args(bundle, fail_closed=True, aligner_timeout_s=3), aligner_cls=FaultyAligner),
+              name="squad", route_prefix="/")
     out = c.post("/v1/correct", json={"question": "What is 2+2?", "answer": "5", "thresholds": forced}).json()
     from squad.models.bundle import read_manifest
 

@@ -82,13 +82,3 @@ def chat_prompt(tokenizer, messages: list[dict]) -> str:
     specials = special_strings(tokenizer)
     safe = [{"role": m["role"], "content": neutralise(m["content"], specials)} for m in messages]
     return tokenizer.apply_chat_template(safe, tokenize=False, add_generation_prompt=True)
-
-
-def strip_markup(text: str) -> str:
-    """``text`` without chat-template markers, raw or broken by ``neutralise`` (answers are content:
-    no answer the squad returns may carry prompt structure)."""
-    for m in TEMPLATE_MARKERS:
-        for form in (m, m[0] + ZWJ + m[1:]):
-            if form in text:
-                text = text.replace(form, "")
-    return text if text.strip() else ""
