@@ -36,10 +36,9 @@ _FAKE_CORRECTION = re.compile(  # labels that claim to correct the answer ("Fixe
     r"updated\s+(?:answer|response|version|reply|code|text))|"
     r"(?:answer|response|reply)\s*\((?:revised|corrected|updated|fixed|verified)\))"
     r"(?:\s*\([^)\n]{0,30}\))?[\s*_\])]*[:\uff1a]", re.I | re.M)
-_AUDIENCE = r"(?:ai|a\.i\.|llm|language model|model|assistant|system|evaluator|grader|judge|inspector|reviewer|" \
-            r"moderator|classifier|corrector|aligner|checker|filter|scorer|rater|annotator)s?"
 _CHECKERS = r"(?:evaluator|grader|judge|inspector|reviewer|moderator|classifier|corrector|aligner|checker|scorer|rater|" \
             r"annotator)s?"
+_AUDIENCE = rf"(?:(?:ai|a\.i\.|llm|language model|model|assistant|system|filter)s?|{_CHECKERS})"
 _TO_THE_SYSTEM = re.compile("|".join((
     r"\b(?:ignore|disregard|forget|override|bypass)\b[^.!?\n]{0,40}\b(?:instructions?|rules?|guidelines?|prompts?|"
     r"polic(?:y|ies)|restrictions?|filters?|training)\b",
@@ -167,10 +166,15 @@ def _keep_first_assistant_turn(text: str, found: list[str]) -> str:
         else:
             role = "outside"  # a turn ended: what follows is no longer the answer
     turns.append((role, "".join(buf) + text[pos:]))
+    return _first_assistant_turn(turns, "chat-template markup", found)
+
+
+def _first_assistant_turn(turns: list[tuple[str, str]], what: str, found: list[str]) -> str:
+    """The assistant's first turn that says something; every other turn that does is injected."""
     said = [(r, t) for r, t in turns if t.strip()]
-    answer = next((t for r, t in said if r in ("assistant", "model")), "")
+    answer = next((t for r, t in said if r in ("assistant", "ai", "model")), "")
     others = len(said) - (1 if answer else 0)
-    found.append("removed chat-template markup" + (f" and {others} injected turn{'s' * (others > 1)}" if others else ""))
+    found.append(f"removed {what}" + (f" and {others} injected turn{'s' * (others > 1)}" if others else ""))
     return answer
 
 
@@ -223,10 +227,7 @@ def _keep_first_assistant_lines(prose: list[str], code: list[str], found: list[s
             turns.append((role, text))
         if m:
             role, pos = m.group(1).lower(), m.end()
-    said = [(r, t) for r, t in turns if t.strip()]
-    answer = next((t for r, t in said if r in ("assistant", "ai", "model")), "")
-    others = len(said) - (1 if answer else 0)
-    found.append("removed role lines" + (f" and {others} injected turn{'s' * (others > 1)}" if others else ""))
+    answer = _first_assistant_turn(turns, "role lines", found)
     parts = re.split(r"\x00(\d+)\x00", answer)
     return parts[0::2], [code[int(i)] for i in parts[1::2]]
 
