@@ -3,7 +3,7 @@
 Retrains one criterion's fine-tuned inspector (the shipped recipe: LoRA on MiniLM plus its head,
 ``configs/train.yaml``'s inspector settings) on the policy's inspector rows plus the labelled rows
 of ``--extra`` files (JSON Lines ``{question, answer, label}``; their held-out questions, by the
-usual hash, are left out), writes a copy of the bundle with that inspector swapped in, and prints
+usual hash, are left out) and of ``--rewrites`` files (the aligners' rewrites read by hand), writes a copy of the bundle with that inspector swapped in, and prints
 the inspector's AUROC and false-flag rate on the held-out split and on every suite, beside the
 shipped inspector's, plus AUROC on the squad's labelled rewrites (saved runs and ``eval/labels``).
 No aligner runs: the squad's outputs are scored as they were saved.
@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 
-def train_inspector(criterion: str, extra: list[Path], out_bundle: Path, threads: int) -> float:
+def train_inspector(criterion: str, extra: list[Path], rewrites: list[Path], out_bundle: Path, threads: int) -> float:
     from squad.config.loading import load_config
+    from squad.data.rewrites import labelled_rows
     from squad.data.rows import LabeledRow, inspector_rows, is_heldout, load_policy_data, read_jsonl
     from squad.inspector.classifier import Head, feature_dim, load_heads, save_heads
     from squad.models.registry import load_tokenizer, resolve
@@ -35,9 +36,10 @@ def train_inspector(criterion: str, extra: list[Path], out_bundle: Path, threads
     policies = load_policies(Path("policies"), None)
     data = {c: load_policy_data(Path("policies") / c) for c in policies}
     rows = [r.model_dump() for r in inspector_rows(data, criterion, "train", policies[criterion].independent_of)]
-    added = [r for f in extra for r in read_jsonl(f, LabeledRow) if not is_heldout(r.question)]
+    added = [r for f in extra for r in read_jsonl(f, LabeledRow)] + [r for f in rewrites for r in labelled_rows(f, criterion)]
+    added = [r for r in added if not is_heldout(r.question)]
     rows += [r.model_dump() for r in added]
-    print(f"{criterion}: {len(rows)} training rows ({len(added)} added from {len(extra)} file(s))")
+    print(f"{criterion}: {len(rows)} training rows ({len(added)} added from {len(extra) + len(rewrites)} file(s))")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(threads)
     base = str(resolve(cfg.inspector.base))
@@ -66,6 +68,7 @@ def spec_dim(bundle: Path) -> int:
 def figures(bundle, criterion: str) -> dict:
     """AUROC / false-flag on the held-out split and on every suite's inputs; AUROC on labelled rewrites."""
     from squad.core.correction import Correction
+    from squad.core.structure import sanitise
     from squad.eval.labels import load_labels, output_key
     from squad.eval.report import heldout_inspector_figures
     from squad.eval.suites import SUITES, load_suite
@@ -78,7 +81,9 @@ def figures(bundle, criterion: str) -> dict:
     outs_y, outs_s = [], []
     for s in SUITES:
         rows = load_suite(s)
-        sc = [d[criterion] for d in squad.inspector.score([(r.question, r.answer) for r in rows], [criterion])]
+        # the squad scores an answer after untrusted structure is removed
+        pairs = [(r.question, sanitise(r.answer)[0] or r.answer) for r in rows]
+        sc = [d[criterion] for d in squad.inspector.score(pairs, [criterion])]
         good = [v for v, r in zip(sc, rows) if r.good]
         out[s] = {"auroc": auroc([0 if criterion in r.misaligned else 1 for r in rows], sc),
                   "false_flag": sum(v < th[criterion] for v in good) / len(good) if good else None}
@@ -99,7 +104,9 @@ def figures(bundle, criterion: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--criterion", required=True)
-    p.add_argument("--extra", nargs="*", default=[], type=Path)
+    p.add_argument("--extra", nargs="*", default=[], type=Path, help="{question, answer, label} rows for this criterion")
+    p.add_argument("--rewrites", nargs="*", default=[], type=Path,
+                   help="read rewrites (`squad data rewrites` output plus `misaligned`), labelled for this criterion")
     p.add_argument("--bundle", default="squad/bundles/default", type=Path)
     p.add_argument("--output", default=None, type=Path, help="bundle copy to write (default out/ablation/<criterion>)")
     p.add_argument("--threads", type=int, default=2)
@@ -107,7 +114,7 @@ def main() -> None:
     out = a.output or Path("out/ablation") / a.criterion
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(a.bundle, out)
-    seconds = train_inspector(a.criterion, a.extra, out, a.threads)
+    seconds = train_inspector(a.criterion, a.extra, a.rewrites, out, a.threads)
     before, after = figures(a.bundle, a.criterion), figures(out, a.criterion)
     fmt = lambda v: "-" if v is None else f"{v:.3f}"
     print(f"\n{a.criterion} inspector, trained in {seconds:.0f} s; AUROC (false-flag at the threshold):\n")
@@ -117,7 +124,7 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{fmt(v['auroc'])} (n={v['n']})" if "n" in v else
                                           f"{fmt(v['auroc'])} ({fmt(v['false_flag'])})" for v in f.values()) + " |")
     Path(out / "ablation.json").write_text(json.dumps({"before": before, "after": after, "seconds": seconds,
-                                                       "extra": [str(e) for e in a.extra]}, indent=2))
+                                                       "extra": [str(e) for e in a.extra + a.rewrites]}, indent=2))
 
 
 if __name__ == "__main__":

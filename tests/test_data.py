@@ -230,6 +230,32 @@ def test_inspector_jsonl_feeds_only_its_own_criterion_inspector(tmp_path):
         load_policy_data(eth)
 
 
+def test_read_rewrites_feed_every_inspector_labelled_by_what_the_reader_said(tmp_path):
+    """rewrites.jsonl: an aligner's rewrite is 0 for each criterion the reader said it fails, 1 for the rest."""
+    tr, te = question_in("train", "rw"), question_in("test", "rw")
+    eth = _policy_folder(tmp_path, "ethics", [{"question": tr, "answer": "bad", "correction": "fix"}], [])
+    hon = _policy_folder(tmp_path, "honesty", [{"question": tr, "answer": "false", "correction": "true"}], [])
+    for folder in (eth, hon):  # the criteria a rewrite may name are the policies beside its file
+        (folder / "policy.yaml").write_text(f"name: {folder.name}\n")
+    row = {"question": tr, "original": "The sun is a planet.", "criterion": "honesty", "compare": "worse", "note": "n"}
+    write(hon / "data" / "rewrites.jsonl", [dict(row, answer="The sun is a moon.", misaligned=["honesty"]),
+                                            dict(row, answer="", misaligned=["ethics"]),
+                                            dict(row, question=te, answer="A star.", misaligned=[])])
+    data = {"ethics": load_policy_data(eth), "honesty": load_policy_data(hon)}
+    assert "honesty/rewrites.jsonl" in data["honesty"].hashes
+    pick = lambda crit, split: [(r.answer, r.label) for r in inspector_rows(data, crit, split) if r.answer.startswith("The sun")]
+    assert pick("honesty", "train") == [("The sun is a moon.", 0)]
+    assert pick("ethics", "train") == [("The sun is a moon.", 1)]  # written by honesty's aligner, read for ethics too
+    assert "" not in [r.answer for r in inspector_rows(data, "ethics", "train")]  # an empty rewrite teaches nothing
+    assert ("A star.", 1) in [(r.answer, r.label) for r in inspector_rows(data, "honesty", "test")]
+    write(hon / "data" / "rewrites.jsonl", [dict(row, answer="x", misaligned=["honsty"])])
+    with pytest.raises(DataError, match=r"rewrites\.jsonl: row 1: criterion 'honsty'"):
+        load_policy_data(hon)
+    write(hon / "data" / "rewrites.jsonl", [dict(row, answer="x", misaligned="honesty")])
+    with pytest.raises(DataError, match=r"rewrites\.jsonl:1: field 'misaligned'"):
+        load_policy_data(hon)
+
+
 def test_load_policy_data_hash_changes_with_content(tmp_path):
     folder = _policy_folder(tmp_path, "x", [{"question": "q", "answer": "a", "correction": "c"}],
                             [{"question": "q", "answer": "a"}])

@@ -1,4 +1,5 @@
-"""``squad data``: data tools. ``squad data import`` turns public preference datasets into correction triples.
+"""``squad data``: data tools. ``squad data import`` turns public preference datasets into correction
+triples; ``squad data rewrites`` runs a bundle's aligners over labelled answers, for reading.
 
 Wired into the main parser by ``squad.cli.main`` with ``cli_data.register(sub)``.
 """
@@ -64,6 +65,42 @@ def cmd_import(args) -> int:
     return 3 if args.strict and summary.errors else 0
 
 
+_REWRITES_DESCRIPTION = """\
+Run a bundle's aligners over answers and write their rewrites for a reader to label: the inspectors
+only learn what the aligners' own text looks like from such rows (hard negatives and positives).
+
+INPUT is JSON Lines of {question, answer, criterion} (criterion: whose aligner rewrites it), or
+{question, answer} with --criterion. Each output row is {question, original, answer, criterion}:
+the rewrite as the squad would keep it (greedy, untrusted structure removed). After reading, add
+"misaligned" (the criteria the rewrite fails, [] if none) and use the file as inspector data, e.g.
+`python bench/inspector_data_ablation.py --extra FILE` or `bench/judge_probe.py --extra FILE`.
+"""
+
+
+def cmd_rewrites(args) -> int:
+    from squad.data.rewrites import RewriteInput, rewrite_rows
+    from squad.data.rows import iter_jsonl
+    from squad.errors import DataError
+    from squad.sdk.local import Squad
+
+    squad = Squad.load(args.bundle, engine=args.engine)
+    jobs = []
+    for lineno, row, err, _ in iter_jsonl(args.input, RewriteInput):
+        if err:
+            raise DataError(err)
+        crit = row.criterion or args.criterion
+        if crit not in squad.criteria:
+            raise DataError(f"{args.input}:{lineno}: field 'criterion': {crit!r} is not one of the bundle's "
+                            f"criteria {squad.criteria} (name it in the row or with --criterion)")
+        jobs.append((crit, row.question, row.answer))
+    out = rewrite_rows(squad.aligner, jobs, batch_size=args.batch_size)
+    with open(args.output, "w", encoding="utf-8") as f:
+        for r in out:
+            f.write(r.model_dump_json() + "\n")
+    print(f"{len(out)} rewrites -> {args.output}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``data`` (with its ``import`` subcommand) to the ``squad`` subparsers ``sub``."""
     from squad.data.importers import CONTEXTS, FORMATS, PREFERENCES  # light: no torch, no ray
@@ -72,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        description="Data tools. `squad data import` turns local copies of public preference "
                                    "datasets (PKU-SafeRLHF, HH-RLHF, UltraFeedback, Aligner-20K) into "
                                    "{question, answer, correction} JSON Lines.")
-    dsub = d.add_subparsers(dest="data_command", required=True, metavar="{import}")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="{import,rewrites}")
 
     i = dsub.add_parser("import", help="convert a preference dataset into correction triples",
                         description=_IMPORT_DESCRIPTION, epilog=_IMPORT_EPILOG,
@@ -98,5 +135,17 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     i.add_argument("--strict", action="store_true", help="exit with status 3 if any record went to the errors file")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
     i.set_defaults(fn=cmd_import)
+
+    from squad.config.loading import ENGINES
+
+    r = dsub.add_parser("rewrites", help="the aligners' rewrites of answers, to label as inspector data",
+                        description=_REWRITES_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("input", metavar="INPUT", help="JSON Lines of {question, answer[, criterion]}")
+    r.add_argument("--output", "-o", required=True, metavar="FILE", help="JSON Lines of rewrites to label (overwritten)")
+    r.add_argument("--criterion", help="whose aligner rewrites rows that name no criterion")
+    r.add_argument("--bundle", default="default", help="'default' or a bundle directory")
+    r.add_argument("--engine", choices=ENGINES, default="auto", help="how the aligners decode")
+    r.add_argument("--batch-size", type=int, default=16, help="rows decoded together")
+    r.set_defaults(fn=cmd_rewrites)
     return d
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import Iterator, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
@@ -57,6 +57,21 @@ class LabeledRow(Row):
     """Inspector data: label 1 = aligned, 0 = misaligned."""
 
     label: int = Field(ge=0, le=1, strict=True)
+
+
+class RewriteRow(BaseModel):
+    """An aligner's rewrite of an answer, read by hand: inspector data for every criterion
+    (``rewrites.jsonl``; ``squad data rewrites`` writes them without ``misaligned``)."""
+
+    model_config = {"extra": "forbid"}
+
+    question: str = Field(min_length=1)
+    original: str = Field(description="The answer the aligner was given.")
+    answer: str = Field(description="The aligner's rewrite, as the squad would keep it.")
+    criterion: str = Field(description="Whose aligner wrote it.")
+    misaligned: list[str] = Field(description="Criteria the rewrite fails, judged by reading it; [] = good.")
+    compare: Literal["better", "same", "worse", ""] = Field("", description="The rewrite against the original, by reading.")
+    note: str = ""
 
 
 R = TypeVar("R", bound=BaseModel)
@@ -133,21 +148,33 @@ class PolicyData:
     corrections: dict[str, list[CorrectionRow]] = field(default_factory=dict)  # split -> rows
     good: dict[str, list[PairRow]] = field(default_factory=dict)
     labeled: dict[str, list[LabeledRow]] = field(default_factory=dict)  # inspector.jsonl, if any
+    rewrites: dict[str, list[RewriteRow]] = field(default_factory=dict)  # rewrites.jsonl, if any
     hashes: dict[str, str] = field(default_factory=dict)
 
     def split(self, name: str) -> tuple[list[CorrectionRow], list[PairRow]]:
         return self.corrections.get(name, []), self.good.get(name, [])
 
 
+def _check_criteria(path: Path, rows: list[RewriteRow], known: set[str]) -> None:
+    """A criterion named in 'misaligned' must be one of the policies beside it (a typo would pass silently)."""
+    for n, r in enumerate(rows, 1):
+        for name in (*r.misaligned, r.criterion):
+            if name not in known:
+                raise DataError(f"{path}: row {n}: criterion {name!r} is not a policy beside it (known: {sorted(known)})")
+
+
 def load_policy_data(policy_dir: str | Path) -> PolicyData:
     folder = Path(policy_dir) / "data"
     data = PolicyData(criterion=Path(policy_dir).name)
     for fname, model, target in (("corrections.jsonl", CorrectionRow, data.corrections),
-                                 ("good.jsonl", PairRow, data.good), ("inspector.jsonl", LabeledRow, data.labeled)):
+                                 ("good.jsonl", PairRow, data.good), ("inspector.jsonl", LabeledRow, data.labeled),
+                                 ("rewrites.jsonl", RewriteRow, data.rewrites)):
         path = folder / fname
-        if fname == "inspector.jsonl" and not path.exists():
+        if fname in ("inspector.jsonl", "rewrites.jsonl") and not path.exists():
             continue
         rows = read_jsonl(path, model)
+        if model is RewriteRow:
+            _check_criteria(path, rows, {p.parent.name for p in Path(policy_dir).parent.glob("*/policy.yaml")})
         data.hashes[f"{data.criterion}/{fname}"] = file_sha256(path)
         for r in rows:
             target.setdefault("test" if is_heldout(r.question) else "train", []).append(r)
@@ -162,7 +189,9 @@ def inspector_rows(all_data: dict[str, PolicyData], criterion: str, split: str,
     criterion's good answers (a good answer should pass every inspector), and both the misaligned
     answers and the corrections of the criteria in ``independent_of`` (the policy's field): a vague
     answer is not unethical, so the ethics inspector must not flag it, or the squad would route it
-    to the wrong aligner. Plus the criterion's own labelled rows (``inspector.jsonl``), as labelled.
+    to the wrong aligner. Plus the criterion's own labelled rows (``inspector.jsonl``), as labelled,
+    and every criterion's read rewrites (``rewrites.jsonl``): 0 where the reader said the rewrite
+    fails this criterion, so each inspector learns what the aligners' own mistakes look like.
     """
     rows: list[LabeledRow] = []
     own = all_data[criterion]
@@ -175,4 +204,6 @@ def inspector_rows(all_data: dict[str, PolicyData], criterion: str, split: str,
         if c in independent_of and c != criterion:
             rows += [LabeledRow(question=r.question, answer=a, label=1) for r in other_corr for a in (r.answer, r.correction)]
     rows += own.labeled.get(split, [])
+    rows += [LabeledRow(question=r.question, answer=r.answer, label=0 if criterion in r.misaligned else 1)
+             for d in all_data.values() for r in d.rewrites.get(split, []) if r.answer.strip()]
     return rows
