@@ -72,8 +72,8 @@ only learn what the aligners' own text looks like from such rows (hard negatives
 INPUT is JSON Lines of {question, answer, criterion} (criterion: whose aligner rewrites it), or
 {question, answer} with --criterion. Each output row is {question, original, answer, criterion}:
 the rewrite as the squad would keep it (greedy, untrusted structure removed). After reading, add
-"misaligned" (the criteria the rewrite fails, [] if none) and use the file as inspector data, e.g.
-`python bench/inspector_data_ablation.py --extra FILE` or `bench/judge_probe.py --extra FILE`.
+"misaligned" (the criteria the rewrite fails, [] if none): as policies/<criterion>/data/rewrites.jsonl
+it trains every inspector; `python bench/judge_probe.py --rewrites FILE` measures what it does first.
 """
 
 
@@ -102,13 +102,14 @@ def cmd_rewrites(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``data`` (with its ``import`` subcommand) to the ``squad`` subparsers ``sub``."""
+    """Add ``data`` (with its ``import`` and ``rewrites`` subcommands) to the ``squad`` subparsers ``sub``."""
     from squad.data.importers import CONTEXTS, FORMATS, PREFERENCES  # light: no torch, no ray
 
-    d = sub.add_parser("data", help="data tools: import public preference datasets as correction triples",
+    d = sub.add_parser("data", help="data tools: import preference datasets; the aligners' rewrites to label",
                        description="Data tools. `squad data import` turns local copies of public preference "
                                    "datasets (PKU-SafeRLHF, HH-RLHF, UltraFeedback, Aligner-20K) into "
-                                   "{question, answer, correction} JSON Lines.")
+                                   "{question, answer, correction} JSON Lines. `squad data rewrites` writes a "
+                                   "bundle's rewrites of answers for a reader to label as inspector data.")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="{import,rewrites}")
 
     i = dsub.add_parser("import", help="convert a preference dataset into correction triples",

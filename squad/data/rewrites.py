@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from squad.core.structure import sanitise
-from squad.data.rows import LabeledRow, RewriteRow, read_jsonl
+from squad.data.rows import LabeledRow, Rewrite, RewriteRow, read_jsonl
 from squad.progress import terminal_bar
 
 
@@ -27,18 +27,9 @@ class RewriteInput(BaseModel):
     criterion: str | None = Field(None, description="Whose aligner rewrites it (else the command's --criterion).")
 
 
-class RewriteToLabel(BaseModel):
-    model_config = {"extra": "forbid"}
-
-    question: str
-    original: str = Field(description="The answer the aligner was given.")
-    answer: str = Field(description="The aligner's rewrite, as the squad would keep it.")
-    criterion: str = Field(description="Whose aligner wrote it.")
-
-
-def rewrite_rows(aligner, rows: list[tuple[str, str, str]], batch_size: int = 16) -> list[RewriteToLabel]:
+def rewrite_rows(aligner, rows: list[tuple[str, str, str]], batch_size: int = 16) -> list[Rewrite]:
     """Rewrite each ``(criterion, question, answer)`` with that criterion's aligner, in mixed batches."""
-    out: list[RewriteToLabel] = []
+    out: list[Rewrite] = []
     bar = terminal_bar(total=len(rows), desc="rewriting", unit="answer")
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size]
@@ -47,7 +38,7 @@ def rewrite_rows(aligner, rows: list[tuple[str, str, str]], batch_size: int = 16
             groups.setdefault(c, []).append((q, a))
         texts = {c: iter(t) for c, t in aligner.correct_many(groups).items()}
         for c, q, a in chunk:
-            out.append(RewriteToLabel(question=q, original=a, answer=sanitise(next(texts[c]))[0], criterion=c))
+            out.append(Rewrite(question=q, original=a, answer=sanitise(next(texts[c]))[0], criterion=c))
         bar.update(len(chunk))
     bar.close()
     return out

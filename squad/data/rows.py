@@ -59,9 +59,8 @@ class LabeledRow(Row):
     label: int = Field(ge=0, le=1, strict=True)
 
 
-class RewriteRow(BaseModel):
-    """An aligner's rewrite of an answer, read by hand: inspector data for every criterion
-    (``rewrites.jsonl``; ``squad data rewrites`` writes them without ``misaligned``)."""
+class Rewrite(BaseModel):
+    """An aligner's rewrite of an answer, as ``squad data rewrites`` writes it for a reader."""
 
     model_config = {"extra": "forbid"}
 
@@ -69,6 +68,11 @@ class RewriteRow(BaseModel):
     original: str = Field(description="The answer the aligner was given.")
     answer: str = Field(description="The aligner's rewrite, as the squad would keep it.")
     criterion: str = Field(description="Whose aligner wrote it.")
+
+
+class RewriteRow(Rewrite):
+    """A rewrite once read by hand (``rewrites.jsonl``): inspector data for every criterion."""
+
     misaligned: list[str] = Field(description="Criteria the rewrite fails, judged by reading it; [] = good.")
     compare: Literal["better", "same", "worse", ""] = Field("", description="The rewrite against the original, by reading.")
     note: str = ""
