@@ -15,7 +15,7 @@ with ``--candidates`` the criterion's candidate rows and with ``--rewrites`` the
 as read by hand (``squad data rewrites``); nothing under ``eval/`` is trained on. Features are cached under
 ``out/probe/``. The last column times one pair's features (the judge's added latency).
 
-    python bench/judge_probe.py --criteria honesty --candidates --rewrites data/rewrites-read.jsonl
+    python bench/judge_probe.py --candidates --rewrites policies/*/data/candidates/rewrites.jsonl
 """
 from __future__ import annotations
 
