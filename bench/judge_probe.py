@@ -228,8 +228,8 @@ def main() -> None:
                 score = lambda ps, one=score: torch.sigmoid(
                     (torch.logit(torch.tensor(one(ps)).clamp(1e-4, 1 - 1e-4)) + logit(ps).squeeze(1)) / 2).tolist()
             row = {}
-            for name, (ps, ys) in sets.items():
-                row[name] = auroc(ys, score(ps)) if ps else None
+            for set_name, (ps, ys) in sets.items():
+                row[set_name] = auroc(ys, score(ps)) if ps else None
             report[crit][judge] = row
             print(f"  {judge:>11}: " + "  ".join(f"{k} {v:.3f}" if v is not None else f"{k} -" for k, v in row.items()),
                   flush=True)
