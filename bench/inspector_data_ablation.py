@@ -2,8 +2,9 @@
 
 Retrains one criterion's fine-tuned inspector (the shipped recipe: LoRA on MiniLM plus its head,
 ``configs/train.yaml``'s inspector settings) on the policy's inspector rows plus the labelled rows
-of ``--extra`` files (JSON Lines ``{question, answer, label}``; their held-out questions, by the
-usual hash, are left out) and of ``--rewrites`` files (the aligners' rewrites read by hand), writes a copy of the bundle with that inspector swapped in, and prints
+of ``--extra`` files (JSON Lines ``{question, answer, label}``) and ``--rewrites`` files (the
+aligners' rewrites read by hand), their held-out questions left out by the usual hash; writes a
+copy of the bundle with that inspector swapped in, and prints
 the inspector's AUROC and false-flag rate on the held-out split and on every suite, beside the
 shipped inspector's, plus AUROC on the squad's labelled rewrites (saved runs and ``eval/labels``).
 No aligner runs: the squad's outputs are scored as they were saved.
@@ -15,30 +16,28 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import labelled_suite_rewrites, scored_pairs, training_rows  # noqa: E402
+
 
 def train_inspector(criterion: str, extra: list[Path], rewrites: list[Path], out_bundle: Path, threads: int) -> float:
     from squad.config.loading import load_config
-    from squad.data.rewrites import labelled_rows
-    from squad.data.rows import LabeledRow, inspector_rows, is_heldout, load_policy_data, read_jsonl
     from squad.inspector.classifier import Head, feature_dim, load_heads, save_heads
     from squad.models.registry import load_tokenizer, resolve
-    from squad.config.policy import load_policies
     from squad.train.config import TrainConfig
     from squad.train.inspector_loop import finetuned_encoder, fit_finetuned
 
     cfg = load_config("configs/train.yaml", TrainConfig, [])
     spec = cfg.inspector.model_dump()
-    policies = load_policies(Path("policies"), None)
-    data = {c: load_policy_data(Path("policies") / c) for c in policies}
-    rows = [r.model_dump() for r in inspector_rows(data, criterion, "train", policies[criterion].independent_of)]
-    added = [r for f in extra for r in read_jsonl(f, LabeledRow)] + [r for f in rewrites for r in labelled_rows(f, criterion)]
-    added = [r for r in added if not is_heldout(r.question)]
-    rows += [r.model_dump() for r in added]
+    base_rows, added = training_rows(criterion, extra, rewrites)
+    rows = [r.model_dump() for r in base_rows + added]
     print(f"{criterion}: {len(rows)} training rows ({len(added)} added from {len(extra) + len(rewrites)} file(s))")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(threads)
@@ -67,9 +66,6 @@ def spec_dim(bundle: Path) -> int:
 
 def figures(bundle, criterion: str) -> dict:
     """AUROC / false-flag on the held-out split and on every suite's inputs; AUROC on labelled rewrites."""
-    from squad.core.correction import Correction
-    from squad.core.structure import sanitise
-    from squad.eval.labels import load_labels, output_key
     from squad.eval.report import heldout_inspector_figures
     from squad.eval.suites import SUITES, load_suite
     from squad.eval.metrics import auroc, heldout_rows
@@ -81,21 +77,13 @@ def figures(bundle, criterion: str) -> dict:
     outs_y, outs_s = [], []
     for s in SUITES:
         rows = load_suite(s)
-        # the squad scores an answer after untrusted structure is removed
-        pairs = [(r.question, sanitise(r.answer)[0] or r.answer) for r in rows]
-        sc = [d[criterion] for d in squad.inspector.score(pairs, [criterion])]
+        sc = [d[criterion] for d in squad.inspector.score(scored_pairs(rows), [criterion])]
         good = [v for v, r in zip(sc, rows) if r.good]
         out[s] = {"auroc": auroc([0 if criterion in r.misaligned else 1 for r in rows], sc),
                   "false_flag": sum(v < th[criterion] for v in good) / len(good) if good else None}
-        run = Path("out/eval") / f"{s}.jsonl"
-        labels = load_labels(Path("eval/labels") / f"{s}.jsonl")
-        if run.is_file():
-            for line in run.read_text(encoding="utf-8").splitlines()[1:]:
-                c = Correction.model_validate({k: v for k, v in json.loads(line).items() if k != "id"})
-                lab = labels.get(output_key(c.question, c.original, c.answer)) if c.changed else None
-                if lab is not None:
-                    outs_y.append(0 if criterion in lab.misaligned else 1)
-                    outs_s.append((c.question, c.answer))
+        pairs, ys = labelled_suite_rewrites(s, criterion)
+        outs_s += pairs
+        outs_y += ys
     sc = [d[criterion] for d in squad.inspector.score(outs_s, [criterion])] if outs_s else []
     out["rewrites"] = {"auroc": auroc(outs_y, sc), "n": len(sc)}
     return out

@@ -22,10 +22,15 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import labelled_suite_rewrites, p50, scored_pairs, timed, training_rows  # noqa: E402
 
 CACHE = Path("out/probe")
 
@@ -137,11 +142,9 @@ def fit_head(x: torch.Tensor, y: torch.Tensor, l2: float):
 
 
 def eval_sets(criterion: str) -> dict[str, tuple[list[tuple[str, str]], list[int]]]:
-    from squad.core.correction import Correction
-    from squad.core.structure import sanitise
-    from squad.data.rows import inspector_rows, load_policy_data
+    """The held-out inspector rows, every suite's inputs, and the squad's labelled suite rewrites."""
     from squad.config.policy import load_policies
-    from squad.eval.labels import load_labels, output_key
+    from squad.data.rows import inspector_rows, load_policy_data
     from squad.eval.suites import SUITES, load_suite
 
     policies = load_policies(Path("policies"), None)
@@ -151,35 +154,20 @@ def eval_sets(criterion: str) -> dict[str, tuple[list[tuple[str, str]], list[int
     rw_pairs, rw_y = [], []
     for s in SUITES:
         rows = load_suite(s)
-        # the squad scores the answer after untrusted structure is removed
-        sets[s] = ([(r.question, sanitise(r.answer)[0] or r.answer) for r in rows],
-                   [0 if criterion in r.misaligned else 1 for r in rows])
-        run, labels = Path("out/eval") / f"{s}.jsonl", load_labels(Path("eval/labels") / f"{s}.jsonl")
-        if run.is_file():
-            for line in run.read_text(encoding="utf-8").splitlines()[1:]:
-                c = Correction.model_validate({k: v for k, v in json.loads(line).items() if k != "id"})
-                lab = labels.get(output_key(c.question, c.original, c.answer)) if c.changed else None
-                if lab is not None and c.answer.strip():
-                    rw_pairs.append((c.question, c.answer))
-                    rw_y.append(0 if criterion in lab.misaligned else 1)
+        sets[s] = (scored_pairs(rows), [0 if criterion in r.misaligned else 1 for r in rows])
+        for p, y in zip(*labelled_suite_rewrites(s, criterion)):
+            if p[1].strip():
+                rw_pairs.append(p)
+                rw_y.append(y)
     sets["rewrites"] = (rw_pairs, rw_y)
     return sets
 
 
 def train_rows(criterion: str, candidates: bool, rewrites: list[Path]) -> tuple[list[tuple[str, str]], list[int]]:
-    """The criterion's train-split inspector rows, plus its candidate rows and read rewrites if asked
-    (held-out questions left out)."""
-    from squad.config.policy import load_policies
-    from squad.data.rewrites import labelled_rows
-    from squad.data.rows import LabeledRow, inspector_rows, is_heldout, load_policy_data, read_jsonl
-
-    policies = load_policies(Path("policies"), None)
-    data = {c: load_policy_data(Path("policies") / c) for c in policies}
-    rows = inspector_rows(data, criterion, "train", policies[criterion].independent_of)
-    added = read_jsonl(Path("policies") / criterion / "data/candidates/inspector.jsonl", LabeledRow) if candidates else []
-    added += [r for f in rewrites for r in labelled_rows(f, criterion)]
-    rows += [r for r in added if not is_heldout(r.question)]
-    return [(r.question, r.answer) for r in rows], [r.label for r in rows]
+    """The criterion's train-split inspector rows, plus its candidate rows and read rewrites if asked."""
+    extra = [Path("policies") / criterion / "data/candidates/inspector.jsonl"] if candidates else []
+    base, added = training_rows(criterion, extra, rewrites)
+    return [(r.question, r.answer) for r in base + added], [r.label for r in base + added]
 
 
 def shipped_scores(squad, criterion: str, pairs) -> list[float]:
@@ -235,15 +223,8 @@ def main() -> None:
                   flush=True)
     # added latency of one pair's features, p50 of 20
     q, ans = "What is the boiling point of water at sea level?", "It boils at 100 degrees Celsius at sea level."
-    lat = {}
-    for name, f in (("lm", lm), ("minilm", mini)):
-        if f is not None:
-            ts = []
-            for _ in range(21):
-                t0 = time.perf_counter()
-                f([(q, ans)])
-                ts.append(time.perf_counter() - t0)
-            lat[name] = sorted(ts[1:])[10] * 1000
+    lat = {name: p50(timed(lambda f=f: f([(q, ans)]), 20, warmup=1)) for name, f in (("lm", lm), ("minilm", mini))
+           if f is not None}
     print("one-pair feature latency p50 (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in lat.items()))
     a.output.parent.mkdir(parents=True, exist_ok=True)
     a.output.write_text(json.dumps({"auroc": report, "latency_ms": lat, "layer": a.layer, "l2": a.l2,
