@@ -81,19 +81,22 @@ def cmd_rewrites(args) -> int:
     from squad.data.rewrites import RewriteInput, rewrite_rows
     from squad.data.rows import iter_jsonl
     from squad.errors import DataError
-    from squad.sdk.local import Squad
+    from squad.models.bundle import read_manifest, resolve_bundle
+    from squad.sdk.local import load_aligner
 
-    squad = Squad.load(args.bundle, engine=args.engine)
+    bundle = resolve_bundle(args.bundle)
+    manifest = read_manifest(bundle)  # the aligners only: no inspector is loaded
+    criteria = list(manifest.criteria)
     jobs = []
     for lineno, row, err, _ in iter_jsonl(args.input, RewriteInput):
         if err:
             raise DataError(err)
         crit = row.criterion or args.criterion
-        if crit not in squad.criteria:
+        if crit not in criteria:
             raise DataError(f"{args.input}:{lineno}: field 'criterion': {crit!r} is not one of the bundle's "
-                            f"criteria {squad.criteria} (name it in the row or with --criterion)")
+                            f"criteria {criteria} (name it in the row or with --criterion)")
         jobs.append((crit, row.question, row.answer))
-    out = rewrite_rows(squad.aligner, jobs, batch_size=args.batch_size)
+    out = rewrite_rows(load_aligner(bundle, manifest, engine=args.engine), jobs, batch_size=args.batch_size)
     with open(args.output, "w", encoding="utf-8") as f:
         for r in out:
             f.write(r.model_dump_json() + "\n")
