@@ -26,7 +26,9 @@ def test_bundle_layout(tiny_bundle: Path):
         assert (tiny_bundle / entry.aligner / "adapter_model.safetensors").is_file()
         assert entry.policy.threshold == 0.5
     assert (tiny_bundle / "inspector" / "heads.safetensors").is_file()
-    assert set(m.data) == {f"{c}/{f}" for c in m.criteria for f in ("corrections.jsonl", "good.jsonl")}
+    assert set(m.data) == {f"{c}/{f}" for c in m.criteria
+                           for f in ("corrections.jsonl", "good.jsonl", "inspector.jsonl", "rewrites.jsonl")}
+    assert (tiny_bundle / m.inspector.probe.heads).is_file()
     assert "heldout" in m.metrics and "ethics" in m.metrics["heldout"]
     files = [p for p in tiny_bundle.rglob("*") if p.is_file()]
     assert not [p for p in files if p.suffix in (".bin", ".pt", ".pkl", ".pth")], "safetensors only"

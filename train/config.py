@@ -68,6 +68,17 @@ class InspectorTrain(_Strict):
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
 
 
+class ProbeTrain(_Strict):
+    """The hidden-state judge (squad.inspector.probe): a logistic head per criterion on the aligner
+    base's hidden states, fitted on the inspectors' training rows and blended into their scores."""
+    layer: int = Field(ge=1, description="Read the hidden states after this many of the aligner base's layers.")
+    l2: float = Field(1e-2, ge=0, description="L2 penalty of each head (on standardised features).")
+    weight: float = Field(0.5, ge=0, le=1, description="The judge's share of the blended logit.")
+    max_question_tokens: int = Field(64, ge=1, description="The question is cut to this many tokens.")
+    max_answer_tokens: int = Field(128, ge=1, description="The answer is cut to this many tokens.")
+    batch_size: int = Field(8, ge=1, description="Pairs per forward pass while computing features.")
+
+
 class WandbSpec(_Strict):
     project: str = "aligner-squad"
     mode: Literal["auto", "offline", "online", "disabled"] = Field(
@@ -87,10 +98,16 @@ class TrainConfig(_Strict):
     local_mode: bool = Field(False, description="Start a throwaway local Ray even if RAY_ADDRESS is set.")
     aligner: AlignerTrain = Field(default_factory=AlignerTrain)
     inspector: InspectorTrain = Field(default_factory=InspectorTrain)
+    probe: ProbeTrain | None = Field(None, description="Fit the hidden-state judge into the bundle (none: inspectors alone).")
+    only: Literal["probe"] | None = Field(
+        None, description="probe: fit only the hidden-state judge into the existing bundle at `output`, on the "
+                          "policies' current data, keeping its models.")
     wandb: WandbSpec = Field(default_factory=WandbSpec)
 
     @model_validator(mode="after")
     def _check(self):
         if self.aligner.deepspeed and not Path(self.aligner.deepspeed).is_file():
             raise ValueError(f"aligner.deepspeed: {self.aligner.deepspeed} does not exist")
+        if self.only == "probe" and self.probe is None:
+            raise ValueError("only=probe needs a probe section (probe.layer=16, say)")
         return self

@@ -172,9 +172,8 @@ def plan_jobs(cfg: TrainConfig, root: Path) -> tuple[dict, list[tuple[str, str, 
     """The policies, the (name, loop, config, scaling) of every model to fit, and the data hashes."""
     from squad.models.registry import resolve
 
-    policies = load_policies(root / cfg.policies if not Path(cfg.policies).is_absolute() else cfg.policies,
-                             cfg.criteria)
-    pdir = Path(cfg.policies) if Path(cfg.policies).is_absolute() else root / cfg.policies
+    pdir = _policies_dir(cfg, root)
+    policies = load_policies(pdir, cfg.criteria)
     data = {c: load_policy_data(pdir / c) for c in policies}
     wandb = {"project": cfg.wandb.project, "mode": cfg.wandb.mode}
     common = {"seed": cfg.seed, "wandb": wandb, "run_name": cfg.run_name,
@@ -202,10 +201,59 @@ def plan_jobs(cfg: TrainConfig, root: Path) -> tuple[dict, list[tuple[str, str, 
     return policies, jobs, hashes
 
 
+def _policies_dir(cfg: TrainConfig, root: Path) -> Path:
+    return Path(cfg.policies) if Path(cfg.policies).is_absolute() else root / cfg.policies
+
+
+def add_probe(cfg: TrainConfig, root: Path, out: Path, log=print) -> None:
+    """Fit the hidden-state judge on the policies' current data into the bundle at ``out``, and record
+    it (settings, data hashes, time) in the manifest."""
+    from squad.models.bundle import read_manifest
+    from squad.train.probe_fit import fit_probe
+
+    started = time.time()
+    pdir = _policies_dir(cfg, root)
+    manifest = read_manifest(out)
+    policies = {c: e.policy for c, e in manifest.criteria.items()}
+    missing = sorted(c for c in policies if not (pdir / c).is_dir())
+    if missing:
+        raise ValueError(f"{pdir} has no policy folder for the bundle's criteria {missing}")
+    data = {c: load_policy_data(pdir / c) for c in policies}
+    spec = fit_probe(cfg.probe, manifest.aligner.base, policies, data, out, cfg.limit, log)
+    manifest.inspector.probe = spec
+    hashes = {k: v for d in data.values() for k, v in d.hashes.items()}
+    manifest.training["probe"] = {**cfg.probe.model_dump(), "data": hashes, "seconds": round(time.time() - started, 1)}
+    write_manifest(out, manifest)
+
+
+def _evaluate(cfg: TrainConfig, root: Path, out: Path, log=print) -> None:
+    """Held-out metrics of the bundle at ``out``, stored in its manifest."""
+    from squad.eval.metrics import evaluate, format_table, heldout_rows
+    from squad.sdk.local import Squad
+
+    squad = Squad.load(out)
+    rows = heldout_rows(_policies_dir(cfg, root), squad.criteria)
+    if cfg.limit:
+        rows = rows[: 4 * cfg.limit]
+    report = evaluate(squad, rows)
+    write_manifest(out, squad.manifest.model_copy(update={"metrics": {"heldout": report}}))
+    log(format_table(report))
+
+
 def train_squad(cfg: TrainConfig, root: Path | None = None, log=print) -> Path:
     import ray
 
     root = Path(root or os.getcwd())
+    if cfg.only == "probe":  # the bundle's models stay; its judge is fitted again
+        from squad.models.bundle import resolve_bundle
+
+        started = time.time()
+        out = resolve_bundle(root / cfg.output if not Path(cfg.output).is_absolute() else cfg.output)
+        add_probe(cfg, root, out, log)
+        if cfg.evaluate:
+            _evaluate(cfg, root, out, log)
+        log(f"[squad] judge fitted into {out} in {time.time() - started:.0f}s")
+        return out
     policies, jobs, hashes = plan_jobs(cfg, root)
     storage = str((root / cfg.storage).resolve())
     started = time.time()
@@ -241,19 +289,10 @@ def train_squad(cfg: TrainConfig, root: Path | None = None, log=print) -> Path:
         if own_ray:
             ray.shutdown()
     out = assemble_bundle(cfg, root, policies, ckpts, hashes, time.time() - started)
+    if cfg.probe is not None:
+        add_probe(cfg, root, out, log)
     if cfg.evaluate:
-        from squad.eval.metrics import evaluate, format_table, heldout_rows
-        from squad.sdk.local import Squad
-
-        squad = Squad.load(out)
-        pdir = Path(cfg.policies) if Path(cfg.policies).is_absolute() else root / cfg.policies
-        rows = heldout_rows(pdir, list(policies))
-        if cfg.limit:
-            rows = rows[: 4 * cfg.limit]
-        report = evaluate(squad, rows)
-        manifest = squad.manifest.model_copy(update={"metrics": {"heldout": report}})
-        write_manifest(out, manifest)
-        log(format_table(report))
+        _evaluate(cfg, root, out, log)
     log(f"[squad] bundle written to {out} in {time.time() - started:.0f}s")
     return out
 

@@ -108,7 +108,8 @@ def pair_features(encode, tokenizer, pairs: list[tuple[str, str]], max_length: i
 class Inspector:
     def __init__(self, encoder_dir: str | Path, heads: dict[str, Head], kind: str = "shared",
                  adapters: dict[str, Path] | None = None, max_length: int = 256, batch_size: int = 32,
-                 device: str = "cpu", features: str = "joint", runtime: str = "auto", quantize: str = "none"):
+                 device: str = "cpu", features: str = "joint", runtime: str = "auto", quantize: str = "none",
+                 probe=None, probe_weight: float = 0.5):
         from squad.models.registry import load_tokenizer
         from squad.inspector.onnx_encoder import OnnxEncoder, pick_runtime
 
@@ -137,6 +138,7 @@ class Inspector:
         else:
             self.encoder = self._torch_encoder(encoder_dir, adapters, heads)
         self.heads = nn.ModuleDict(heads).to(device).eval()
+        self.probe, self.probe_weight = probe, probe_weight
 
     def _torch_encoder(self, encoder_dir, adapters, heads):
         from transformers import AutoModel
@@ -196,8 +198,13 @@ class Inspector:
                     lambda c: features_from(self._encode(c), *inputs, self.features), crits)))
             else:
                 feats = {c: features_from(self._encode(c), *inputs, self.features) for c in crits}
+            judged = self.probe.logits(chunk, crits) if self.probe is not None else {}
             for c in crits:
-                probs[c] = torch.sigmoid(self.heads[c](feats[c]))
+                logit = self.heads[c](feats[c])
+                if c in judged:  # the inspector's logit as a probability would give it, clamped like one
+                    p = torch.sigmoid(logit).clamp(1e-4, 1 - 1e-4)
+                    logit = (1 - self.probe_weight) * torch.logit(p) + self.probe_weight * judged[c].to(logit.device)
+                probs[c] = torch.sigmoid(logit)
             for j in range(len(chunk)):
                 results.append({c: float(probs[c][j]) for c in crits})
         return results

@@ -54,9 +54,10 @@ class _Forward(torch.nn.Module):
         return self.encoder(**dict(zip(self.names, tensors))).last_hidden_state
 
 
-def export_path(encoder_dir: Path, adapter: Path | None = None) -> Path:
-    """Cache file for this encoder: keyed by its directory, its weight files' size and time, and the
-    adapter's contents (small files, hashed whole: a retrained bundle gets a new export)."""
+def export_path(encoder_dir: Path, adapter: Path | None = None, layers: int | None = None) -> Path:
+    """Cache file for this encoder: keyed by its directory, its weight files' size and time, the
+    adapter's contents (small files, hashed whole: a retrained bundle gets a new export) and the
+    number of layers kept."""
     from squad.models.registry import cache_dir
 
     h = hashlib.sha256(str(encoder_dir.resolve()).encode())
@@ -66,13 +67,15 @@ def export_path(encoder_dir: Path, adapter: Path | None = None) -> Path:
     if adapter is not None:
         for f in sorted(adapter.glob("adapter_*")):
             h.update(f.name.encode() + f.read_bytes())
+    if layers is not None:
+        h.update(f"layers:{layers}".encode())
     return cache_dir() / "onnx" / f"{encoder_dir.name}-{h.hexdigest()[:16]}.onnx"
 
 
-def export(encoder_dir: Path, tokenizer, adapter: Path | None = None) -> Path:
-    """Export the encoder (with ``adapter`` merged in, if given) once, in a few seconds;
-    concurrent exporters race safely."""
-    out = export_path(encoder_dir, adapter)
+def export(encoder_dir: Path, tokenizer, adapter: Path | None = None, layers: int | None = None) -> Path:
+    """Export the encoder (with ``adapter`` merged in, if given; only its first ``layers`` layers, if
+    given, as the hidden-state judge reads a decoder) once, in seconds; concurrent exporters race safely."""
+    out = export_path(encoder_dir, adapter, layers)
     if out.is_file():
         return out
     from transformers import AutoModel
@@ -80,9 +83,15 @@ def export(encoder_dir: Path, tokenizer, adapter: Path | None = None) -> Path:
     from squad.models.quiet import quiet_export, quiet_loading
 
     what = f"{encoder_dir.name} with adapter {adapter.name!r}" if adapter is not None else encoder_dir.name
+    what = f"{what}'s first {layers} layers" if layers is not None else what
     print(f"[squad] exporting inspector encoder {what} to ONNX into {out.parent} (once)", file=sys.stderr)
     with quiet_loading():
-        model = AutoModel.from_pretrained(encoder_dir, attn_implementation="eager", trust_remote_code=False).eval()
+        if layers is not None:  # a decoder's body, for the hidden-state judge
+            from squad.inspector.probe import truncated_base
+
+            model = truncated_base(encoder_dir, layers)
+        else:
+            model = AutoModel.from_pretrained(encoder_dir, attn_implementation="eager", trust_remote_code=False).eval()
         if adapter is not None:
             from peft import PeftModel
 
@@ -129,7 +138,7 @@ class OnnxEncoder:
     padding: a pair scores the same whatever else is in its batch."""
 
     def __init__(self, encoder_dir: str | Path, tokenizer, threads: int | None = None, adapter: Path | None = None,
-                 quantize: str = "none"):
+                 quantize: str = "none", layers: int | None = None):
         import onnxruntime as ort
 
         if quantize not in QUANTIZE:
@@ -142,7 +151,7 @@ class OnnxEncoder:
         # Idle pool threads sleep instead of spinning: spinning sessions (one per fine-tuned
         # encoder, or beside an aligner on the same cores) measured 2x slower here.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        model = export(Path(encoder_dir), tokenizer, adapter)
+        model = export(Path(encoder_dir), tokenizer, adapter, layers)
         if quantize == "int8":
             model = quantized(model)
         self.session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])

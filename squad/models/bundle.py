@@ -6,6 +6,7 @@ Layout::
                                        data hashes, eval metrics
     inspector/heads.safetensors        one MLP head per criterion
     inspector/adapters/<criterion>/    (finetuned inspectors only) LoRA adapter per criterion
+    inspector/probe.safetensors        (optional) the hidden-state judge's head per criterion
     aligner/<criterion>/               LoRA adapter (adapter_config.json, adapter_model.safetensors)
                                        or a full model directory (aligner.mode = "full")
 """
@@ -30,6 +31,16 @@ class AlignerSpec(BaseModel):
     max_new_tokens: int = Field(160, ge=1, description="Generation budget per correction.")
 
 
+class ProbeSpec(BaseModel):
+    """The hidden-state judge (squad.inspector.probe) blended into every inspector score."""
+    base: str = Field(description="Registry name or model directory whose hidden states it reads (the aligner base).")
+    layer: int = Field(ge=1, description="Hidden states after this many layers are read; the layers above are never run.")
+    heads: str = Field("inspector/probe.safetensors", description="Its heads file, relative to the bundle.")
+    weight: float = Field(0.5, ge=0.0, le=1.0, description="Its share of the blended logit; the inspector has the rest.")
+    max_question_tokens: int = Field(64, ge=1)
+    max_answer_tokens: int = Field(128, ge=1)
+
+
 class InspectorSpec(BaseModel):
     base: str = Field(description="Registry name or model directory of the encoder.")
     kind: Literal["shared", "finetuned"] = "shared"
@@ -40,6 +51,7 @@ class InspectorSpec(BaseModel):
     features: Literal["joint", "pair", "span"] = Field("joint", description="What the heads read; see squad.inspector.")
     quantize: Literal["none", "int8"] = Field(
         "none", description="Run the encoders' int8 copies on ONNX Runtime (faster; the eval metrics say which ran).")
+    probe: ProbeSpec | None = Field(None, description="The hidden-state judge, if the bundle has one.")
 
 
 class CriterionEntry(BaseModel):

@@ -34,16 +34,19 @@ def quiet_loading():
 
 @contextlib.contextmanager
 def quiet_export():
-    """Two notes the TorchScript ONNX exporter prints for the inspector's BERT encoder, both about
-    cases this export never meets (the ONNX scores are tested equal to PyTorch's):
+    """Notes the TorchScript ONNX exporter prints for the inspector's BERT encoder and the judge's
+    truncated decoder, all about cases this export never meets (the ONNX scores are tested equal to
+    PyTorch's):
     - transformers' mask code branches on the padding between keys and mask, which is zero for an
       encoder (the mask covers every key), so tracing the branch as a constant is exact;
     - advanced indexing exports as Gather and friends, wrong only for negative indices, which the
-      mask code does not use."""
+      mask code does not use;
+    - the embedding checks its padding index against the vocabulary size, both fixed by the weights."""
     import torch
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"transformers\.masking_utils")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=r"torch\.nn\.functional")
         warnings.filterwarnings("ignore", message=r"Exporting aten::index operator of advanced indexing", category=UserWarning)
         yield
 

@@ -12,8 +12,11 @@ from squad.errors import SquadError
 from squad.inspector.classifier import Inspector, load_heads
 
 
-def load_inspector(bundle: Path, manifest: Manifest, device: str = "cpu", criteria: list[str] | None = None) -> Inspector:
-    """The bundle's inspectors (or a subset: a fine-tuned one loads only those encoders)."""
+def load_inspector(bundle: Path, manifest: Manifest, device: str = "cpu", criteria: list[str] | None = None,
+                   probe: bool = True) -> Inspector:
+    """The bundle's inspectors (or a subset: a fine-tuned one loads only those encoders), with its
+    hidden-state judge blended in if it has one (``probe=False``: without, faster)."""
+    from squad.inspector.probe import HiddenStateProbe, load_probe_heads
     from squad.models.registry import resolve
 
     spec = manifest.inspector
@@ -21,8 +24,14 @@ def load_inspector(bundle: Path, manifest: Manifest, device: str = "cpu", criter
     heads = {c: h for c, h in load_heads(bundle / spec.heads, spec.dim, spec.hidden).items() if c in keep}
     adapters = ({c: bundle / e.inspector_adapter for c, e in manifest.criteria.items() if e.inspector_adapter and c in keep}
                 if spec.kind == "finetuned" else None)
+    judge, ps = None, spec.probe
+    if probe and ps is not None:
+        judge_heads = {c: h for c, h in load_probe_heads(bundle / ps.heads).items() if c in keep}
+        judge = HiddenStateProbe(resolve(ps.base), ps.layer, judge_heads, ps.max_question_tokens,
+                                 ps.max_answer_tokens, device=device)
     return Inspector(resolve(spec.base), heads, kind=spec.kind, adapters=adapters, max_length=spec.max_length,
-                     device=device, features=spec.features, quantize=spec.quantize)
+                     device=device, features=spec.features, quantize=spec.quantize, probe=judge,
+                     probe_weight=ps.weight if ps else 0.5)
 
 
 def load_aligner(bundle: Path, manifest: Manifest, device: str = "cpu", criteria: list[str] | None = None,
@@ -72,15 +81,17 @@ class Squad:
 
     @classmethod
     def load(cls, bundle: str | Path = "default", device: str = "cpu", fail_closed: bool = False,
-             engine: str = "auto") -> "Squad":
-        """``engine``: how the aligners decode: ``auto`` (CTranslate2 on CPU, else PyTorch), ``ct2`` or ``hf``."""
+             engine: str = "auto", probe: bool = True) -> "Squad":
+        """``engine``: how the aligners decode: ``auto`` (CTranslate2 on CPU, else PyTorch), ``ct2`` or ``hf``.
+        ``probe=False`` scores with the inspectors alone, without the bundle's hidden-state judge:
+        faster, and weaker on text unlike the training data (docs/inspectors.md)."""
         from squad.config.loading import ENGINES
 
         if engine not in ENGINES:
             raise SquadError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         path = resolve_bundle(bundle)
         manifest = read_manifest(path)
-        return cls(path, manifest, load_inspector(path, manifest, device), device, fail_closed=fail_closed,
+        return cls(path, manifest, load_inspector(path, manifest, device, probe=probe), device, fail_closed=fail_closed,
                    engine=engine)
 
     @staticmethod
