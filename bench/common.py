@@ -28,10 +28,11 @@ def p99(xs: list[float]) -> float:
 
 # --- inspector benches: training rows and the suites, as the squad sees them -------------------
 
-def training_rows(criterion: str, extra=(), rewrites=()):
+def training_rows(criterion: str, extra=(), rewrites=(), seed_only: bool = False):
     """The criterion's train-split inspector rows, plus ``{question, answer, label}`` files
     (``extra``) and read-rewrite files (``rewrites``, labelled for ``criterion``), with held-out
-    questions left out of the additions."""
+    questions left out of the additions. ``seed_only``: the base rows leave out the policies' own
+    ``inspector.jsonl`` and ``rewrites.jsonl`` (to measure what each addition does)."""
     from pathlib import Path
 
     from squad.config.policy import load_policies
@@ -40,6 +41,9 @@ def training_rows(criterion: str, extra=(), rewrites=()):
 
     policies = load_policies(Path("policies"), None)
     data = {c: load_policy_data(Path("policies") / c) for c in policies}
+    if seed_only:
+        for d in data.values():
+            d.labeled, d.rewrites = {}, {}
     rows = inspector_rows(data, criterion, "train", policies[criterion].independent_of)
     added = [r for f in extra for r in read_jsonl(f, LabeledRow)] + [r for f in rewrites for r in labelled_rows(f, criterion)]
     return rows, [r for r in added if not is_heldout(r.question)]

@@ -36,7 +36,7 @@ def train_inspector(criterion: str, extra: list[Path], rewrites: list[Path], out
 
     cfg = load_config("configs/train.yaml", TrainConfig, [])
     spec = cfg.inspector.model_dump()
-    base_rows, added = training_rows(criterion, extra, rewrites)
+    base_rows, added = training_rows(criterion, extra, rewrites, seed_only=True)
     rows = [r.model_dump() for r in base_rows + added]
     print(f"{criterion}: {len(rows)} training rows ({len(added)} added from {len(extra) + len(rewrites)} file(s))")
     torch.manual_seed(cfg.seed)
@@ -71,7 +71,7 @@ def figures(bundle, criterion: str) -> dict:
     from squad.eval.metrics import auroc, heldout_rows
     from squad.sdk.local import Squad
 
-    squad = Squad.load(bundle)
+    squad = Squad.load(bundle, probe=False)  # the inspectors alone
     th = {criterion: squad.manifest.criteria[criterion].policy.threshold}
     out = {"heldout": heldout_inspector_figures(squad, heldout_rows(Path("policies"), list(squad.criteria)), th)[criterion]}
     outs_y, outs_s = [], []

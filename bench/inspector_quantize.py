@@ -37,7 +37,7 @@ def main() -> None:
     inspectors = {}
     for q in ("none", "int8"):
         manifest.inspector.quantize = q
-        inspectors[q] = load_inspector(path, manifest)
+        inspectors[q] = load_inspector(path, manifest, probe=False)  # the encoders alone
     rows = heldout_rows(ROOT / "policies", crits)
     probe = [(r.question, r.answer, 0 if r.correction else 1, r.criterion) for r in rows]
     probe += [(r.question, r.correction, 1, r.criterion) for r in rows if r.correction]

@@ -10,12 +10,14 @@ inputs (hand labels) and on the squad's labelled rewrites, beside the shipped in
 - ``minilm``: the frozen MiniLM encoder, mean-pooled over ``question [SEP] answer``;
 - ``lm+shipped``, ``minilm+shipped``: the mean of that head's logit and the shipped inspector's.
 
-Training rows are the inspector rows of the train split (``squad.data.rows.inspector_rows``), plus
-with ``--candidates`` the criterion's candidate rows and with ``--rewrites`` the aligners' rewrites
-as read by hand (``squad data rewrites``); nothing under ``eval/`` is trained on. Features are cached under
+Training rows are the seed inspector rows of the train split (``squad.data.rows.inspector_rows``
+without the policies' ``inspector.jsonl`` and ``rewrites.jsonl``), plus with ``--candidates`` the
+criterion's ``inspector.jsonl`` and with ``--rewrites`` the aligners' rewrites as read by hand
+(``squad data rewrites``): what each addition does. "shipped" is the default bundle's inspectors
+alone (``probe=False``). Nothing under ``eval/`` is trained on. Features are cached under
 ``out/probe/``. The last column times one pair's features (the judge's added latency).
 
-    python bench/judge_probe.py --candidates --rewrites policies/*/data/candidates/rewrites.jsonl
+    python bench/judge_probe.py --candidates --rewrites policies/*/data/rewrites.jsonl
 """
 from __future__ import annotations
 
@@ -40,43 +42,19 @@ def _key(*parts) -> str:
 
 
 class LMFeatures:
-    """Mean of the answer tokens' hidden states at one layer of the aligner base (layers above it dropped)."""
+    """The hidden-state judge's features (squad.inspector.probe): the answer tokens' hidden states
+    at one layer of the aligner base, mean-pooled."""
 
     def __init__(self, layer: int, max_q: int = 64, max_a: int = 128):
-        from transformers import AutoModelForCausalLM
+        from squad.inspector.probe import HiddenStateProbe
+        from squad.models.registry import resolve
 
-        from squad.models.registry import load_tokenizer, resolve
+        self.probe = HiddenStateProbe(resolve("smollm2-135m-instruct"), layer, max_question_tokens=max_q,
+                                      max_answer_tokens=max_a)
+        self.name = f"judge{layer}"
 
-        path = resolve("smollm2-135m-instruct")
-        self.tok = load_tokenizer(path)
-        model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
-        model.model.layers = model.model.layers[:layer]
-        self.body, self.layer, self.max_q, self.max_a = model.model, layer, max_q, max_a
-        self.name = f"lm{layer}"
-
-    def _ids(self, q: str, a: str) -> tuple[list[int], int]:
-        qi = self.tok(q, add_special_tokens=False)["input_ids"][: self.max_q]
-        ai = self.tok(a, add_special_tokens=False)["input_ids"][: self.max_a]
-        head = self.tok.apply_chat_template([{"role": "user", "content": self.tok.decode(qi)}],
-                                            add_generation_prompt=True, tokenize=True)
-        if not isinstance(head, list):
-            head = head["input_ids"]
-        return list(head) + ai, len(head)
-
-    @torch.no_grad()
     def __call__(self, pairs: list[tuple[str, str]]) -> torch.Tensor:
-        seqs = [self._ids(q, a) for q, a in pairs]
-        n = max(len(s) for s, _ in seqs)
-        ids = torch.zeros(len(seqs), n, dtype=torch.long)
-        att = torch.zeros(len(seqs), n, dtype=torch.long)
-        span = torch.zeros(len(seqs), n)
-        for i, (s, start) in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            att[i, : len(s)] = 1
-            span[i, start: len(s)] = 1
-        h = self.body(input_ids=ids, attention_mask=att).last_hidden_state
-        span = span.unsqueeze(-1)
-        return (h * span).sum(1) / span.sum(1).clamp(min=1)
+        return self.probe.features(pairs)
 
 
 class MiniLMFeatures:
@@ -120,25 +98,11 @@ def features(fx, pairs: list[tuple[str, str]], batch: int = 8) -> torch.Tensor:
 
 
 def fit_head(x: torch.Tensor, y: torch.Tensor, l2: float):
-    """Standardised logistic regression (L-BFGS); returns a scoring function."""
-    mu, sd = x.mean(0), x.std(0).clamp(min=1e-6)
-    z = (x - mu) / sd
-    w = torch.zeros(z.shape[1], requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    pos = y.float().mean().clamp(0.05, 0.95)
-    weight = torch.where(y > 0, 0.5 / pos, 0.5 / (1 - pos))
-    opt = torch.optim.LBFGS([w, b], max_iter=300, line_search_fn="strong_wolfe")
+    """The judge's logistic head (squad.inspector.probe.fit_head); returns a scoring function."""
+    from squad.inspector.probe import fit_head as fit
 
-    def closure():
-        opt.zero_grad()
-        loss = (torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y.float(), weight=weight)
-                + l2 * (w ** 2).sum())
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    w, b = w.detach(), b.detach()
-    return lambda xs: torch.sigmoid(((xs - mu) / sd) @ w + b).tolist()
+    w, b = fit(x, y, l2)
+    return lambda xs: torch.sigmoid(xs @ w + b).tolist()
 
 
 def eval_sets(criterion: str) -> dict[str, tuple[list[tuple[str, str]], list[int]]]:
@@ -165,8 +129,8 @@ def eval_sets(criterion: str) -> dict[str, tuple[list[tuple[str, str]], list[int
 
 def train_rows(criterion: str, candidates: bool, rewrites: list[Path]) -> tuple[list[tuple[str, str]], list[int]]:
     """The criterion's train-split inspector rows, plus its candidate rows and read rewrites if asked."""
-    extra = [Path("policies") / criterion / "data/candidates/inspector.jsonl"] if candidates else []
-    base, added = training_rows(criterion, extra, rewrites)
+    extra = [Path("policies") / criterion / "data/inspector.jsonl"] if candidates else []
+    base, added = training_rows(criterion, extra, rewrites, seed_only=True)
     return [(r.question, r.answer) for r in base + added], [r.label for r in base + added]
 
 
@@ -180,7 +144,7 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--criteria", nargs="+", default=["ethics", "helpfulness", "honesty"])
-    p.add_argument("--candidates", action="store_true", help="add policies/<criterion>/data/candidates/inspector.jsonl")
+    p.add_argument("--candidates", action="store_true", help="add policies/<criterion>/data/inspector.jsonl")
     p.add_argument("--rewrites", nargs="*", default=[], type=Path,
                    help="read rewrites (`squad data rewrites` output plus `misaligned`) added to training")
     p.add_argument("--layer", type=int, default=16, help="aligner-base layer whose hidden states are read")
@@ -190,7 +154,7 @@ def main() -> None:
     p.add_argument("--output", type=Path, default=CACHE / "report.json")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    squad = Squad.load("default")
+    squad = Squad.load("default", probe=False)  # "shipped": the inspectors alone
     lm = LMFeatures(a.layer) if any(j.startswith("lm") for j in a.judges) else None
     mini = MiniLMFeatures() if any(j.startswith("minilm") for j in a.judges) else None
     report: dict = {}

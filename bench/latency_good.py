@@ -32,6 +32,8 @@ def main() -> None:
     from squad.data.rows import load_policy_data
 
     squad = Squad.load(args.bundle)
+    # The bundle's hidden-state judge, if it has one, is timed against the inspectors alone.
+    fast = Squad.load(args.bundle, probe=False) if squad.manifest.inspector.probe else None
     goods = [r for c in squad.criteria for r in load_policy_data(ROOT / "policies" / c).split("test")[1]]
     th = {c: e.policy.threshold for c, e in squad.manifest.criteria.items()}
     scores = squad.inspector.score([(r.question, r.answer) for r in goods])  # one batched pass
@@ -41,22 +43,28 @@ def main() -> None:
     sample = passing or goods
     it = iter(range(10**9))
 
-    def gated():
+    def gated(sq=squad):
         r = sample[next(it) % len(sample)]
-        squad.correct(r.question, r.answer)
+        sq.correct(r.question, r.answer)
 
     def always():
         r = sample[next(it) % len(sample)]
         squad.aligner.correct(squad.criteria[0], [(r.question, r.answer)])
 
     g = timed(gated, args.calls)
+    f = timed(lambda: gated(fast), args.calls) if fast else None
     b = timed(always, args.baseline_calls, warmup=1)
     print(f"torch threads: {torch.get_num_threads()}")
     print("| path | calls | p50 ms | p99 ms |")
     print("|---|---|---|---|")
-    print(f"| squad.correct, good answer (3 inspectors, no aligner) | {len(g)} | {p50(g):.1f} | {p99(g):.1f} |")
+    what = "3 inspectors and the hidden-state judge" if fast else "3 inspectors"
+    print(f"| squad.correct, good answer ({what}, no aligner) | {len(g)} | {p50(g):.1f} | {p99(g):.1f} |")
+    if fast:
+        print(f"| squad.correct, good answer (3 inspectors alone: `probe=False`) | {len(f)} | {p50(f):.1f} | {p99(f):.1f} |")
     print(f"| always apply one aligner (PKU style baseline) | {len(b)} | {p50(b):.1f} | {p99(b):.1f} |")
     print(f"\nspeed-up on good answers, baseline/squad p50: {p50(b) / p50(g):.1f}x")
+    if fast:
+        print(f"the judge's cost on good answers, with/without p50: {p50(g) / p50(f):.1f}x")
     print(f"against the ~100 ms published for one llm-guard CPU scanner: {100.0 / p50(g):.1f}x (published figure, not measured here)")
 
 

@@ -324,6 +324,15 @@ def build_app(args: dict):
     return build_graph(args)
 
 
+def inspector_layout(requested: str, manifest) -> str:
+    """``auto``: one deployment per criterion only when nothing is shared between the criteria
+    (fine-tuned encoders and no hidden-state judge, whose one forward pass serves them all)."""
+    if requested != "auto":
+        return requested
+    shared = manifest.inspector.kind == "shared" or manifest.inspector.probe is not None
+    return "shared" if shared else "per_criterion"
+
+
 def build_graph(args: dict | SquadAppArgs, inspector_cls=InspectorServer, aligner_cls=AlignerServer,
                 upstream_cls=UpstreamServer):
     """The deployment graph; the server classes can be swapped (tests inject faulty ones)."""
@@ -331,9 +340,7 @@ def build_graph(args: dict | SquadAppArgs, inspector_cls=InspectorServer, aligne
     resolve_bundle(a.bundle)  # fail fast with a clear message on a bad bundle
     manifest = read_manifest(resolve_bundle(a.bundle))
     criteria = list(manifest.criteria)
-    layout = a.inspector_layout
-    if layout == "auto":
-        layout = "per_criterion" if manifest.inspector.kind == "finetuned" else "shared"
+    layout = inspector_layout(a.inspector_layout, manifest)
     if layout == "shared":
         shared = serve.deployment(inspector_cls, name="Inspector", **a.inspector.serve_options()).bind(
             a.bundle, a.inspector_batch_size, a.inspector_batch_wait_s)

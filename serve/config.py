@@ -84,7 +84,8 @@ class SquadAppArgs(_Strict):
         "multiplexed", description="One Aligner deployment holding every adapter, or one deployment per criterion.")
     inspector_layout: Literal["auto", "shared", "per_criterion"] = Field(
         "auto", description="One Inspector deployment for every criterion, or one per criterion; auto: per "
-                            "criterion when the bundle's inspectors are fine-tuned (no encoder shared), else shared. "
+                            "criterion when the bundle's inspectors are fine-tuned and it has no hidden-state judge "
+                            "(nothing shared between criteria), else shared. "
                             "Per criterion, each deployment reserves an equal part of inspector.num_cpus.")
     inspector_batch_size: int = Field(32, ge=1)
     aligner_engine: EngineName = Field(

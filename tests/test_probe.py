@@ -120,3 +120,15 @@ def test_only_probe_needs_a_probe_section():
 
     with pytest.raises(ValidationError, match="only=probe needs a probe section"):
         TrainConfig(only="probe")
+
+
+def test_serve_runs_one_inspector_deployment_when_the_bundle_has_a_judge():
+    from squad.models.bundle import read_manifest, resolve_bundle
+    from squad.serve.app import inspector_layout
+
+    m = read_manifest(resolve_bundle("default"))
+    assert m.inspector.kind == "finetuned" and m.inspector.probe is not None
+    assert inspector_layout("auto", m) == "shared"
+    assert inspector_layout("per_criterion", m) == "per_criterion"
+    m.inspector.probe = None
+    assert inspector_layout("auto", m) == "per_criterion"

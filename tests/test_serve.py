@@ -230,7 +230,7 @@ def test_aligner_server_continuous_batch_matches_the_sdk_and_survives_a_failure(
 
 
 def test_per_criterion_inspector_deployments(server):
-    """inspector_layout=per_criterion (auto for fine-tuned bundles): one deployment each, same scores."""
+    """inspector_layout=per_criterion (auto for fine-tuned bundles without a judge): one deployment each, same scores."""
     from ray import serve
 
     from squad.serve.app import build_app
