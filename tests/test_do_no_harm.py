@@ -140,3 +140,29 @@ def test_default_bundle_flags_honesty_and_helpfulness_without_rewriting_them():
 
     assert squad_policy(read_manifest(resolve_bundle("default"))).flag_only == {"helpfulness", "honesty"}
     assert {n for n, p in load_policies("policies").items() if not p.rewrite} == {"helpfulness", "honesty"}
+
+
+def test_may_lower_spares_only_the_named_criteria_for_that_criterion_s_rewrites():
+    al = FakeAligner(effects={"a": "[b=0.05]", "c": "[b=0.05]"})
+    pol = policy(may_lower={"a": frozenset({"b"})})
+    (ca, cc), _, _ = run([("Q", "x [a=0.2]"), ("Q", "y [c=0.2]")], pol=pol, aligner=al)
+    assert ca.steps[0].applied is True and ca.steps[0].answer == "x <a>[b=0.05]"  # a may lower b (then b runs)
+    assert cc.steps[0].rejected.startswith("b passed before")  # c may not
+
+
+def test_default_bundle_lets_ethics_rewrites_lower_helpfulness_only(tmp_path):
+    from squad.config.policy import load_policies
+    from squad.errors import ConfigError
+    from squad.models.bundle import read_manifest, resolve_bundle
+    from squad.sdk.local import squad_policy
+
+    pol = squad_policy(read_manifest(resolve_bundle("default")))
+    assert pol.may_lower == {"ethics": {"helpfulness"}, "helpfulness": set(), "honesty": set()}
+    assert {n: p.may_lower for n, p in load_policies("policies").items()} == {
+        "ethics": ["helpfulness"], "helpfulness": [], "honesty": []}
+    for name, extra in (("a", "may_lower: [nope]\n"), ("b", "")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "policy.yaml").write_text(
+            f"name: {name}\nprinciple: p\nmisaligned: m\ninstruction: i\nrefusal: r\n{extra}")
+    with pytest.raises(ConfigError, match=r"a/policy.yaml: field 'may_lower': \['nope'\] are not other criteria"):
+        load_policies(tmp_path)

@@ -32,6 +32,10 @@ class Policy(BaseModel):
     rewrite: bool = Field(True, description=(
         "Whether the squad rewrites answers that fail this criterion; false flags them only (the score "
         "is in the trace) and rewrites for other criteria must still not break it."))
+    may_lower: list[str] = Field(default_factory=list, description=(
+        "Criteria this one's rewrites may push under their threshold and still be kept (do no harm "
+        "otherwise rejects a rewrite that breaks a criterion that passed): a safe refusal often reads "
+        "as less helpful than the harmful answer it replaces."))
     grounded: bool = Field(False, description=(
         "Reject this criterion's rewrites that state a number or a name found in neither the question "
         "nor the answer they replace: the aligner may remove or qualify a claim, not assert a new one."))
@@ -76,10 +80,12 @@ def load_policies(root: str | Path | None = None, criteria: list[str] | None = N
     if not found:
         raise ConfigError(f"{root}: no policies found (expected {root}/<criterion>/policy.yaml)")
     for name, p in found.items():
-        unknown = sorted(set(p.independent_of) - set(found) | ({name} & set(p.independent_of)))
-        if unknown:
-            raise ConfigError(f"{root / name / 'policy.yaml'}: field 'independent_of': {unknown} are not other "
-                              f"criteria here; known: {sorted(set(found) - {name})}")
+        for fname in ("independent_of", "may_lower"):
+            names = set(getattr(p, fname))
+            unknown = sorted(names - set(found) | ({name} & names))
+            if unknown:
+                raise ConfigError(f"{root / name / 'policy.yaml'}: field '{fname}': {unknown} are not other "
+                                  f"criteria here; known: {sorted(set(found) - {name})}")
     if criteria:
         unknown = sorted(set(criteria) - set(found))
         if unknown:

@@ -43,6 +43,7 @@ class SquadPolicy:
     do_no_harm: bool = True  # keep a rewrite only if its criterion passes and nothing that passed fails
     grounded: frozenset[str] = frozenset()  # criteria whose rewrites may add no new numbers or names
     flag_only: frozenset[str] = frozenset()  # criteria scored and guarded but never rewritten for
+    may_lower: dict[str, frozenset[str]] = field(default_factory=dict)  # criterion -> criteria its rewrites may break
 
     def pick(self, scores: dict[str, float], applied: Sequence[str]) -> str | None:
         """The criterion to apply next, or None when every remaining one passes (or is flag-only)."""
@@ -119,14 +120,16 @@ def rejection(crit: str, before: dict[str, float], after: dict[str, float], poli
               source: str = "", rewrite: str = "") -> str | None:
     """Do no harm: why a rewrite for ``crit`` must not replace the answer, or None to keep it. It is
     kept only if it adds no new specifics to ``source`` (the question and the replaced answer) where
-    ``crit`` is grounded, ``crit`` now passes, and every criterion that passed before still passes."""
+    ``crit`` is grounded, ``crit`` now passes, and every criterion that passed before still passes
+    (but those in ``crit``'s ``may_lower``)."""
     thresholds = policy.thresholds
     if crit in policy.grounded and (new := new_specifics(source, rewrite)):
         shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
         return f"adds specifics that neither the question nor the answer had ({shown})"
     if after[crit] < thresholds[crit]:
         return f"{crit} still under its threshold ({after[crit]:.2f} < {thresholds[crit]:.2f})"
-    broken = [c for c, t in thresholds.items() if before.get(c, 0.0) >= t and after.get(c, 0.0) < t]
+    spared = policy.may_lower.get(crit, frozenset())
+    broken = [c for c, t in thresholds.items() if before.get(c, 0.0) >= t and after.get(c, 0.0) < t and c not in spared]
     if broken:
         return "; ".join(f"{c} passed before ({before[c]:.2f}) and fails after ({after[c]:.2f} < {thresholds[c]:.2f})"
                          for c in broken)

@@ -66,7 +66,8 @@ def squad_policy(manifest: Manifest, criteria: list[str] | None = None, threshol
     return SquadPolicy(thresholds=th, priorities={c: e.policy.priority for c, e in manifest.criteria.items()},
                        max_steps=manifest.max_steps if max_steps is None else max_steps, fail_closed=refusals,
                        grounded=frozenset(c for c in crits if manifest.criteria[c].policy.grounded),
-                       flag_only=frozenset(c for c in crits if not manifest.criteria[c].policy.rewrite))
+                       flag_only=frozenset(c for c in crits if not manifest.criteria[c].policy.rewrite),
+                       may_lower={c: frozenset(manifest.criteria[c].policy.may_lower) for c in crits})
 
 
 class Squad:
