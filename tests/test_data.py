@@ -319,10 +319,12 @@ def test_repo_has_policies():
 @pytest.mark.parametrize("folder", POLICY_DIRS, ids=[p.name for p in POLICY_DIRS])
 def test_seed_data_loads(folder):
     data = load_policy_data(folder)
-    assert set(data.hashes) == {f"{folder.name}/corrections.jsonl", f"{folder.name}/good.jsonl"}
+    files = ("corrections.jsonl", "good.jsonl", "inspector.jsonl", "rewrites.jsonl")
+    assert set(data.hashes) == {f"{folder.name}/{f}" for f in files}
     for split in ("train", "test"):
         corr, good = data.split(split)
         assert corr and good, f"{folder.name}: empty {split} split"
+    assert data.labeled["train"] and data.rewrites["train"], f"{folder.name}: no labelled rows or read rewrites"
 
 
 @pytest.mark.parametrize("folder", POLICY_DIRS, ids=[p.name for p in POLICY_DIRS])

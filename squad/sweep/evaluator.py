@@ -127,7 +127,8 @@ class Evaluator:
 
         Thresholds range over [low[c], high[c]]. At a state, criterion c can be picked only if its
         score is under high[c] and every criterion the pick rule puts before it (lower score, then
-        priority, then name) can pass, i.e. scores at least its low bound."""
+        priority, then name) can pass, i.e. scores at least its low bound. After a step the answer
+        is the rewrite or, where do no harm rejects it, the answer before: both are followed."""
         prio = priorities or {}
         states = [(r.question, r.answer, ()) for r in self.rows]
         found = 0
@@ -151,7 +152,11 @@ class Evaluator:
             states = []
             for q, a, applied, c in steps:
                 new = next(pos[c])
-                states.append((q, new if new.strip() else a, applied + (c,)))  # fail-open keeps the answer
+                # Kept, or rejected by do no harm (which depends on the thresholds) or failed open:
+                # either way the next step starts from one of the two.
+                states.append((q, a, applied + (c,)))
+                if new.strip() and new != a:
+                    states.append((q, new, applied + (c,)))
         return found
 
     def embed(self, texts: list[str]):
