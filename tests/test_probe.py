@@ -83,12 +83,16 @@ def test_tiny_bundle_blends_the_judge_into_every_score(tiny_bundle):
     pairs = PAIRS[:2]
     judged = with_judge.inspector.probe.logits(pairs, with_judge.criteria)
     assert set(judged) == set(with_judge.criteria)
-    got, base_scores = with_judge.inspector.score(pairs), alone.inspector.score(pairs)
-    for i, (g, s) in enumerate(zip(got, base_scores)):
-        for c in with_judge.criteria:
-            p = torch.tensor(s[c]).clamp(1e-4, 1 - 1e-4)
-            want = torch.sigmoid((1 - spec.weight) * torch.logit(p) + spec.weight * judged[c][i])
-            assert g[c] == pytest.approx(float(want), abs=1e-5)
+    base_scores = alone.inspector.score(pairs)
+    for cap in (None, 0.5):  # the bundle's inspector_cap clips the inspector's logit before the blend
+        with_judge.inspector.probe_cap = cap
+        got = with_judge.inspector.score(pairs)
+        for i, (g, s) in enumerate(zip(got, base_scores)):
+            for c in with_judge.criteria:
+                own = torch.logit(torch.tensor(s[c]).clamp(1e-4, 1 - 1e-4))
+                own = own if cap is None else own.clamp(-cap, cap)
+                want = torch.sigmoid((1 - spec.weight) * own + spec.weight * judged[c][i])
+                assert g[c] == pytest.approx(float(want), abs=1e-5)
 
 
 def test_only_probe_refits_the_judge_and_keeps_the_models(tiny_bundle, tmp_path):

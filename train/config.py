@@ -74,6 +74,7 @@ class ProbeTrain(_Strict):
     layer: int = Field(ge=1, description="Read the hidden states after this many of the aligner base's layers.")
     l2: float = Field(1e-2, ge=0, description="L2 penalty of each head (on standardised features).")
     weight: float = Field(0.5, ge=0, le=1, description="The judge's share of the blended logit.")
+    inspector_cap: float | None = Field(None, gt=0, description="Clip the inspector's logit to +-this before blending (none: no clip).")
     max_question_tokens: int = Field(64, ge=1, description="The question is cut to this many tokens.")
     max_answer_tokens: int = Field(128, ge=1, description="The answer is cut to this many tokens.")
     batch_size: int = Field(8, ge=1, description="Pairs per forward pass while computing features.")

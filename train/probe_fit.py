@@ -31,8 +31,8 @@ def fit_probe(p: ProbeTrain, base: str, policies: dict, data: dict, bundle_dir: 
     from squad.inspector.probe import HiddenStateProbe, fit_heads, save_probe_heads
     from squad.models.registry import resolve
 
-    spec = ProbeSpec(base=base, layer=p.layer, weight=p.weight, max_question_tokens=p.max_question_tokens,
-                     max_answer_tokens=p.max_answer_tokens)
+    spec = ProbeSpec(base=base, layer=p.layer, weight=p.weight, inspector_cap=p.inspector_cap,
+                     max_question_tokens=p.max_question_tokens, max_answer_tokens=p.max_answer_tokens)
     rows = probe_rows(policies, data, limit)
     probe = HiddenStateProbe(resolve(base), p.layer, max_question_tokens=p.max_question_tokens,
                              max_answer_tokens=p.max_answer_tokens, batch_size=p.batch_size)

@@ -15,6 +15,10 @@ together; ``span`` adds the question's and the answer's tokens pooled separately
 encoder pass, and their product, so a head sees both how the answer reads and how it relates to the
 question; ``pair`` gets those two from a second pass over question and answer alone (see the
 README's inspector table for AUROC and latency of each).
+
+With a ``probe`` (squad.inspector.probe), each score blends the inspector's logit with the
+hidden-state judge's: ``sigmoid((1 - w) * logit(p) + w * judge)``, ``w`` the bundle's judge weight
+and ``logit(p)`` clipped to its ``inspector_cap``, if it sets one.
 """
 from __future__ import annotations
 
@@ -109,7 +113,7 @@ class Inspector:
     def __init__(self, encoder_dir: str | Path, heads: dict[str, Head], kind: str = "shared",
                  adapters: dict[str, Path] | None = None, max_length: int = 256, batch_size: int = 32,
                  device: str = "cpu", features: str = "joint", runtime: str = "auto", quantize: str = "none",
-                 probe=None, probe_weight: float = 0.5):
+                 probe=None, probe_weight: float = 0.5, probe_cap: float | None = None):
         from squad.models.registry import load_tokenizer
         from squad.inspector.onnx_encoder import OnnxEncoder, pick_runtime
 
@@ -138,7 +142,7 @@ class Inspector:
         else:
             self.encoder = self._torch_encoder(encoder_dir, adapters, heads)
         self.heads = nn.ModuleDict(heads).to(device).eval()
-        self.probe, self.probe_weight = probe, probe_weight
+        self.probe, self.probe_weight, self.probe_cap = probe, probe_weight, probe_cap
 
     def _torch_encoder(self, encoder_dir, adapters, heads):
         from transformers import AutoModel
@@ -203,7 +207,8 @@ class Inspector:
                 logit = self.heads[c](feats[c])
                 if c in judged:  # the inspector's logit as a probability would give it, clamped like one
                     p = torch.sigmoid(logit).clamp(1e-4, 1 - 1e-4)
-                    logit = (1 - self.probe_weight) * torch.logit(p) + self.probe_weight * judged[c].to(logit.device)
+                    own = torch.logit(p) if self.probe_cap is None else torch.logit(p).clamp(-self.probe_cap, self.probe_cap)
+                    logit = (1 - self.probe_weight) * own + self.probe_weight * judged[c].to(logit.device)
                 probs[c] = torch.sigmoid(logit)
             for j in range(len(chunk)):
                 results.append({c: float(probs[c][j]) for c in crits})

@@ -37,6 +37,9 @@ class ProbeSpec(BaseModel):
     layer: int = Field(ge=1, description="Hidden states after this many layers are read; the layers above are never run.")
     heads: str = Field("inspector/probe.safetensors", description="Its heads file, relative to the bundle.")
     weight: float = Field(0.5, ge=0.0, le=1.0, description="Its share of the blended logit; the inspector has the rest.")
+    inspector_cap: float | None = Field(None, gt=0, description=(
+        "Clip the inspector's logit to +-this before blending (none: no clip). Off its training data a "
+        "fine-tuned inspector is often confidently wrong, and an unclipped logit then outvotes the judge."))
     max_question_tokens: int = Field(64, ge=1)
     max_answer_tokens: int = Field(128, ge=1)
 

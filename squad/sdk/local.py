@@ -31,7 +31,7 @@ def load_inspector(bundle: Path, manifest: Manifest, device: str = "cpu", criter
                                  ps.max_answer_tokens, device=device)
     return Inspector(resolve(spec.base), heads, kind=spec.kind, adapters=adapters, max_length=spec.max_length,
                      device=device, features=spec.features, quantize=spec.quantize, probe=judge,
-                     probe_weight=ps.weight if ps else 0.5)
+                     probe_weight=ps.weight if ps else 0.5, probe_cap=ps.inspector_cap if ps else None)
 
 
 def load_aligner(bundle: Path, manifest: Manifest, device: str = "cpu", criteria: list[str] | None = None,
