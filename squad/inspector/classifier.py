@@ -205,7 +205,7 @@ class Inspector:
             judged = self.probe.logits(chunk, crits) if self.probe is not None else {}
             for c in crits:
                 logit = self.heads[c](feats[c])
-                if c in judged:  # the inspector's logit as a probability would give it, clamped like one
+                if c in judged:  # blend: the inspector's logit (via its probability, kept off 0 and 1) and the judge's
                     p = torch.sigmoid(logit).clamp(1e-4, 1 - 1e-4)
                     own = torch.logit(p) if self.probe_cap is None else torch.logit(p).clamp(-self.probe_cap, self.probe_cap)
                     logit = (1 - self.probe_weight) * own + self.probe_weight * judged[c].to(logit.device)
