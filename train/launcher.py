@@ -202,7 +202,7 @@ def plan_jobs(cfg: TrainConfig, root: Path) -> tuple[dict, list[tuple[str, str, 
 
 
 def _policies_dir(cfg: TrainConfig, root: Path) -> Path:
-    return Path(cfg.policies) if Path(cfg.policies).is_absolute() else root / cfg.policies
+    return root / cfg.policies  # an absolute cfg.policies stays as it is
 
 
 def add_probe(cfg: TrainConfig, root: Path, out: Path, log=print) -> None:
@@ -248,7 +248,7 @@ def train_squad(cfg: TrainConfig, root: Path | None = None, log=print) -> Path:
         from squad.models.bundle import resolve_bundle
 
         started = time.time()
-        out = resolve_bundle(root / cfg.output if not Path(cfg.output).is_absolute() else cfg.output)
+        out = resolve_bundle(root / cfg.output)
         add_probe(cfg, root, out, log)
         if cfg.evaluate:
             _evaluate(cfg, root, out, log)

@@ -47,5 +47,4 @@ def rewrite_rows(aligner, rows: list[tuple[str, str, str]], batch_size: int = 16
 def labelled_rows(path: str | Path, criterion: str) -> list[LabeledRow]:
     """Inspector rows for ``criterion`` from a file of read rewrites: 0 where the reader said the
     rewrite fails ``criterion``, else 1 (empty rewrites are skipped)."""
-    return [LabeledRow(question=r.question, answer=r.answer, label=0 if criterion in r.misaligned else 1)
-            for r in read_jsonl(path, RewriteRow) if r.answer.strip()]
+    return [r.labeled(criterion) for r in read_jsonl(path, RewriteRow) if r.answer.strip()]

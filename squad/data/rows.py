@@ -77,6 +77,10 @@ class RewriteRow(Rewrite):
     compare: Literal["better", "same", "worse", ""] = Field("", description="The rewrite against the original, by reading.")
     note: str = ""
 
+    def labeled(self, criterion: str) -> LabeledRow:
+        """This rewrite as ``criterion``'s inspector row: 0 where the reader said it fails it, else 1."""
+        return LabeledRow(question=self.question, answer=self.answer, label=0 if criterion in self.misaligned else 1)
+
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -208,6 +212,5 @@ def inspector_rows(all_data: dict[str, PolicyData], criterion: str, split: str,
         if c in independent_of and c != criterion:
             rows += [LabeledRow(question=r.question, answer=a, label=1) for r in other_corr for a in (r.answer, r.correction)]
     rows += own.labeled.get(split, [])
-    rows += [LabeledRow(question=r.question, answer=r.answer, label=0 if criterion in r.misaligned else 1)
-             for d in all_data.values() for r in d.rewrites.get(split, []) if r.answer.strip()]
+    rows += [r.labeled(criterion) for d in all_data.values() for r in d.rewrites.get(split, []) if r.answer.strip()]
     return rows
