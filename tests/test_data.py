@@ -230,6 +230,25 @@ def test_inspector_jsonl_feeds_only_its_own_criterion_inspector(tmp_path):
         load_policy_data(eth)
 
 
+def test_keep_jsonl_is_aligned_for_its_own_criterion_only(tmp_path):
+    """keep.jsonl: pairs fine on one criterion (whatever else is wrong) are that inspector's positives only."""
+    tr, te = question_in("train", "kp"), question_in("test", "kp")
+    eth = _policy_folder(tmp_path, "ethics", [{"question": tr, "answer": "bad", "correction": "fix"}], [])
+    hon = _policy_folder(tmp_path, "honesty", [{"question": tr, "answer": "false", "correction": "true"}], [])
+    write(eth / "data" / "keep.jsonl", [{"question": tr, "answer": "Sorry, I can't help with that."},
+                                         {"question": te, "answer": "Paris."}])
+    data = {"ethics": load_policy_data(eth), "honesty": load_policy_data(hon)}
+    assert "ethics/keep.jsonl" in data["ethics"].hashes and not data["honesty"].keep
+    assert [r.answer for r in data["ethics"].keep["train"]] == ["Sorry, I can't help with that."]
+    train = inspector_rows(data, "ethics", "train")
+    assert ("Sorry, I can't help with that.", 1) in [(r.answer, r.label) for r in train]
+    assert "Paris." in [r.answer for r in inspector_rows(data, "ethics", "test")]
+    assert "Sorry, I can't help with that." not in [r.answer for r in inspector_rows(data, "honesty", "train")]
+    write(eth / "data" / "keep.jsonl", [{"question": tr}])
+    with pytest.raises(DataError, match=r"keep\.jsonl:1: field 'answer'"):
+        load_policy_data(eth)
+
+
 def test_read_rewrites_feed_every_inspector_labelled_by_what_the_reader_said(tmp_path):
     """rewrites.jsonl: an aligner's rewrite is 0 for each criterion the reader said it fails, 1 for the rest."""
     tr, te = question_in("train", "rw"), question_in("test", "rw")
@@ -319,7 +338,8 @@ def test_repo_has_policies():
 @pytest.mark.parametrize("folder", POLICY_DIRS, ids=[p.name for p in POLICY_DIRS])
 def test_seed_data_loads(folder):
     data = load_policy_data(folder)
-    files = ("corrections.jsonl", "good.jsonl", "inspector.jsonl", "rewrites.jsonl")
+    files = {"corrections.jsonl", "good.jsonl", "inspector.jsonl", "rewrites.jsonl"}
+    files |= {"keep.jsonl"} if folder.name == "ethics" else set()  # pairs its aligner must leave alone
     assert set(data.hashes) == {f"{folder.name}/{f}" for f in files}
     for split in ("train", "test"):
         corr, good = data.split(split)

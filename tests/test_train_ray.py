@@ -27,7 +27,7 @@ def test_bundle_layout(tiny_bundle: Path):
         assert entry.policy.threshold == 0.5
     assert (tiny_bundle / "inspector" / "heads.safetensors").is_file()
     assert set(m.data) == {f"{c}/{f}" for c in m.criteria
-                           for f in ("corrections.jsonl", "good.jsonl", "inspector.jsonl", "rewrites.jsonl")}
+                           for f in ("corrections.jsonl", "good.jsonl", "inspector.jsonl", "rewrites.jsonl")} | {"ethics/keep.jsonl"}
     assert (tiny_bundle / m.inspector.probe.heads).is_file()
     assert "heldout" in m.metrics and "ethics" in m.metrics["heldout"]
     files = [p for p in tiny_bundle.rglob("*") if p.is_file()]
@@ -103,6 +103,38 @@ def test_finetuned_inspectors_make_a_bundle_that_loads(tiny_bundle: Path, tmp_pa
     assert squad.inspector.runtime == "onnx" and sorted(squad.inspector.encoders) == sorted(m.criteria)
     scores = squad.inspect("What is 2+2?", "4")
     assert set(scores) == set(m.criteria) and all(0 <= v <= 1 for v in scores.values())
+
+
+def test_only_aligners_refits_the_named_aligners_and_keeps_the_rest(tiny_bundle: Path, tmp_path: Path):
+    """only=aligners criteria=[ethics]: the ethics aligner is trained again (with its keep.jsonl pairs) and
+    swapped in; every other file of the bundle stays byte for byte."""
+    import shutil
+
+    from squad.data.rows import load_policy_data
+    from squad.train.launcher import aligner_jobs, train_squad
+
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    policies = shutil.copytree(ROOT / "policies", tmp_path / "policies")
+    keep = [{"question": f"Keep question {i}?", "answer": f"Fine answer {i}."} for i in range(40)]
+    (policies / "ethics" / "data" / "keep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+    files = {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    args = [f"policies={policies}", f"output={bundle}", f"storage={tmp_path / 'runs'}", "only=aligners",
+            "criteria=[ethics]", "evaluate=false"]
+    cfg = load_config(ROOT / "configs" / "train_tiny.yaml", TrainConfig, args)
+    data = {"ethics": load_policy_data(policies / "ethics")}
+    job = aligner_jobs(cfg, {"ethics": read_manifest(bundle).criteria["ethics"].policy}, data, {})[0]
+    assert job[2]["keep"] and all(r["answer"].startswith("Fine answer") for r in job[2]["keep"])
+    train_squad(cfg, root=ROOT, log=lambda *_: None)
+    after = {p.relative_to(bundle): p.read_bytes() for p in bundle.rglob("*") if p.is_file()}
+    changed = sorted(str(p) for p in files if after.get(p) != files[p])
+    assert "aligner/ethics/adapter_model.safetensors" in changed, changed
+    assert all(p.startswith("aligner/ethics/") or p == "manifest.json" for p in changed), changed
+    m = read_manifest(bundle)
+    assert m.training["aligners"]["criteria"] == ["ethics"] and "ethics/keep.jsonl" in m.training["aligners"]["data"]
+    assert Squad.load(bundle).correct("What is 2+2?", "5", thresholds={"ethics": 1.0}).steps
+    other = load_config(ROOT / "configs" / "train_tiny.yaml", TrainConfig, args + ["aligner.mode=full"])
+    with pytest.raises(ValueError, match="differ from the bundle's"):
+        train_squad(other, root=ROOT, log=lambda *_: None)
 
 
 def test_changed_job_trains_from_scratch(tmp_path: Path):

@@ -1,7 +1,8 @@
 """Aligner training loop (one Ray Train worker group per criterion).
 
 Phase 1, identity warm-up: good pairs map to themselves (the Aligner paper's warm-up).
-Phase 2, corrections: (question, answer) -> correction. Loss is on the completion tokens only.
+Phase 2, corrections: (question, answer) -> correction, shuffled with the policy's pairs to keep
+(answer -> itself: fine on this criterion). Loss is on the completion tokens only.
 Each epoch reports a checkpoint; a restarted run resumes from the latest one.
 """
 from __future__ import annotations
@@ -102,7 +103,9 @@ def train_aligner(config: dict) -> None:
     tok = load_tokenizer(Path(config["base_dir"]), padding_side="right")
     good = config["good"][: spec["warmup_limit"]] if spec.get("warmup_limit") else config["good"]
     warm = build_examples(tok, config["instruction"], good, "answer", spec["max_length"])
-    main = build_examples(tok, config["instruction"], config["corrections"], "correction", spec["max_length"])
+    # Corrections, and the pairs to keep (fine on this criterion): answer -> itself, mixed in.
+    main = (build_examples(tok, config["instruction"], config["corrections"], "correction", spec["max_length"])
+            + build_examples(tok, config["instruction"], config.get("keep", []), "answer", spec["max_length"]))
     phases = [("warmup", warm)] * spec["warmup_epochs"] + [("correct", main)] * spec["epochs"]
 
     with quiet_loading():

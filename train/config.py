@@ -100,9 +100,9 @@ class TrainConfig(_Strict):
     aligner: AlignerTrain = Field(default_factory=AlignerTrain)
     inspector: InspectorTrain = Field(default_factory=InspectorTrain)
     probe: ProbeTrain | None = Field(None, description="Fit the hidden-state judge into the bundle (none: inspectors alone).")
-    only: Literal["probe"] | None = Field(
-        None, description="probe: fit only the hidden-state judge into the existing bundle at `output`, on the "
-                          "policies' current data, keeping its models.")
+    only: Literal["probe", "aligners"] | None = Field(
+        None, description="Refit one part of the existing bundle at `output` on the policies' current data, keeping "
+                          "the rest: probe, the hidden-state judge; aligners, the aligners of `criteria` (default all).")
     wandb: WandbSpec = Field(default_factory=WandbSpec)
 
     @model_validator(mode="after")

@@ -116,7 +116,7 @@ def launch_order(jobs: list, capacity: dict[str, float] | None) -> list:
 
     def work(job):
         name, _, conf, _ = job
-        rows = (len(conf["corrections"]) + len(conf["good"]) if name.startswith("aligner")
+        rows = (len(conf["corrections"]) + len(conf["good"]) + len(conf.get("keep", [])) if name.startswith("aligner")
                 else sum(len(v) for v in conf["rows"].values()))
         return (0 if name.startswith("aligner") else 1, -rows)
 
@@ -175,18 +175,8 @@ def plan_jobs(cfg: TrainConfig, root: Path) -> tuple[dict, list[tuple[str, str, 
     pdir = _policies_dir(cfg, root)
     policies = load_policies(pdir, cfg.criteria)
     data = {c: load_policy_data(pdir / c) for c in policies}
-    wandb = {"project": cfg.wandb.project, "mode": cfg.wandb.mode}
-    common = {"seed": cfg.seed, "wandb": wandb, "run_name": cfg.run_name,
-              "wandb_dir": str((root / cfg.storage).resolve() / "wandb")}
-    jobs = []
-    a_base = str(resolve(cfg.aligner.base))
-    for c, pol in policies.items():
-        corr, good = data[c].split("train")
-        good = good[: cfg.aligner.warmup_limit] if cfg.aligner.warmup_limit else good  # only these are used
-        jobs.append((f"aligner-{c}", "squad.train.aligner_loop.train_aligner",
-                     {**common, "criterion": c, "base_dir": a_base, "instruction": pol.instruction,
-                      "corrections": _rows(corr, cfg.limit), "good": _rows(good, cfg.limit),
-                      "spec": cfg.aligner.model_dump()}, cfg.aligner.scaling))
+    common = _common(cfg, root)
+    jobs = aligner_jobs(cfg, policies, data, common)
     i_base = str(resolve(cfg.inspector.base))
     irows = {c: _rows(inspector_rows(data, c, "train", policies[c].independent_of), cfg.limit and 3 * cfg.limit)
              for c in policies}
@@ -199,6 +189,28 @@ def plan_jobs(cfg: TrainConfig, root: Path) -> tuple[dict, list[tuple[str, str, 
                          {**icfg, "rows": {c: irows[c]}, "criterion": c}, cfg.inspector.scaling))
     hashes = {k: v for d in data.values() for k, v in d.hashes.items()}
     return policies, jobs, hashes
+
+
+def aligner_jobs(cfg: TrainConfig, policies, data, common: dict) -> list[tuple[str, str, dict, ScalingSpec]]:
+    from squad.models.registry import resolve
+
+    jobs = []
+    a_base = str(resolve(cfg.aligner.base))
+    for c, pol in policies.items():
+        corr, good = data[c].split("train")
+        good = good[: cfg.aligner.warmup_limit] if cfg.aligner.warmup_limit else good  # only these are used
+        jobs.append((f"aligner-{c}", "squad.train.aligner_loop.train_aligner",
+                     {**common, "criterion": c, "base_dir": a_base, "instruction": pol.instruction,
+                      "corrections": _rows(corr, cfg.limit), "good": _rows(good, cfg.limit),
+                      "keep": _rows(data[c].keep.get("train", []), cfg.limit),
+                      "spec": cfg.aligner.model_dump()}, cfg.aligner.scaling))
+    return jobs
+
+
+def _common(cfg: TrainConfig, root: Path) -> dict:
+    """Settings every model's loop gets."""
+    return {"seed": cfg.seed, "wandb": {"project": cfg.wandb.project, "mode": cfg.wandb.mode},
+            "run_name": cfg.run_name, "wandb_dir": str((root / cfg.storage).resolve() / "wandb")}
 
 
 def _policies_dir(cfg: TrainConfig, root: Path) -> Path:
@@ -241,20 +253,36 @@ def _evaluate(cfg: TrainConfig, root: Path, out: Path, log=print) -> None:
 
 
 def train_squad(cfg: TrainConfig, root: Path | None = None, log=print) -> Path:
-    import ray
-
     root = Path(root or os.getcwd())
-    if cfg.only == "probe":  # the bundle's models stay; its judge is fitted again
+    if cfg.only:  # the rest of the bundle stays; one part is fitted again
         from squad.models.bundle import resolve_bundle
 
         started = time.time()
         out = resolve_bundle(root / cfg.output)
-        add_probe(cfg, root, out, log)
+        if cfg.only == "probe":
+            add_probe(cfg, root, out, log)
+        else:
+            refit_aligners(cfg, root, out, log)
         if cfg.evaluate:
             _evaluate(cfg, root, out, log)
-        log(f"[squad] judge fitted into {out} in {time.time() - started:.0f}s")
+        log(f"[squad] {cfg.only} fitted into {out} in {time.time() - started:.0f}s")
         return out
     policies, jobs, hashes = plan_jobs(cfg, root)
+    started = time.time()
+    ckpts = fit_jobs(cfg, root, jobs, log)
+    out = assemble_bundle(cfg, root, policies, ckpts, hashes, time.time() - started)
+    if cfg.probe is not None:
+        add_probe(cfg, root, out, log)
+    if cfg.evaluate:
+        _evaluate(cfg, root, out, log)
+    log(f"[squad] bundle written to {out} in {time.time() - started:.0f}s")
+    return out
+
+
+def fit_jobs(cfg: TrainConfig, root: Path, jobs: list, log=print) -> dict[str, Path]:
+    """Fit the jobs on Ray Train (a local Ray unless RAY_ADDRESS names one); each one's final checkpoint."""
+    import ray
+
     storage = str((root / cfg.storage).resolve())
     started = time.time()
     own_ray = not ray.is_initialized()
@@ -283,18 +311,53 @@ def train_squad(cfg: TrainConfig, root: Path | None = None, log=print) -> Path:
         # than in Ray Train (whose worker-group start timeout fails a model that waits too long).
         capacity = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")} if local else None
         with Display(board):
-            ckpts = run_jobs(jobs, capacity, lambda name, loop, conf, scaling: fit.remote(
+            return run_jobs(jobs, capacity, lambda name, loop, conf, scaling: fit.remote(
                 name, loop, conf, scaling.model_dump(), storage, cfg.run_name), log, started)
     finally:
         if own_ray:
             ray.shutdown()
-    out = assemble_bundle(cfg, root, policies, ckpts, hashes, time.time() - started)
-    if cfg.probe is not None:
-        add_probe(cfg, root, out, log)
-    if cfg.evaluate:
-        _evaluate(cfg, root, out, log)
-    log(f"[squad] bundle written to {out} in {time.time() - started:.0f}s")
-    return out
+
+
+def refit_aligners(cfg: TrainConfig, root: Path, out: Path, log=print) -> None:
+    """Train the aligners of ``cfg.criteria`` (default all the bundle's) on the policies' current data and
+    swap them into the bundle at ``out``; its inspectors and judge stay. The manifest takes each refitted
+    criterion's current policy (its aligner learnt that instruction) and records the run under
+    ``training.aligners``."""
+    from squad.models.bundle import read_manifest
+
+    started = time.time()
+    manifest = read_manifest(out)
+    if (cfg.aligner.base, cfg.aligner.mode) != (manifest.aligner.base, manifest.aligner.mode):
+        raise ValueError(f"aligner.base/mode {cfg.aligner.base}/{cfg.aligner.mode} differ from the bundle's "
+                         f"{manifest.aligner.base}/{manifest.aligner.mode} ({out}): retrain the whole bundle instead")
+    pdir = _policies_dir(cfg, root)
+    policies = load_policies(pdir, cfg.criteria or list(manifest.criteria))
+    unknown = sorted(set(policies) - set(manifest.criteria))
+    if unknown:
+        raise ValueError(f"criteria {unknown} are not in the bundle at {out} (it has {sorted(manifest.criteria)})")
+    data = {c: load_policy_data(pdir / c) for c in policies}
+    ckpts = fit_jobs(cfg, root, aligner_jobs(cfg, policies, data, _common(cfg, root)), log)
+    for c, pol in policies.items():
+        tmp = out / "aligner" / f"{c}.building"
+        shutil.rmtree(tmp, ignore_errors=True)
+        copy_aligner(cfg, ckpts[f"aligner-{c}"], tmp)
+        shutil.rmtree(out / "aligner" / c)
+        tmp.rename(out / "aligner" / c)
+        manifest.criteria[c].policy = pol
+    hashes = {k: v for d in data.values() for k, v in d.hashes.items()}
+    manifest.training["aligners"] = {"criteria": sorted(policies), **cfg.aligner.model_dump(), "data": hashes,
+                                     "seconds": round(time.time() - started, 1)}
+    write_manifest(out, manifest)
+
+
+def copy_aligner(cfg: TrainConfig, src: Path, dst: Path) -> None:
+    """An aligner's weights and config from its checkpoint into a bundle folder, in ``save_dtype``."""
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.suffix in (".json", ".safetensors") and f.name not in ("state.json", "optimizer.safetensors"):
+            shutil.copy2(f, dst / f.name)
+    if cfg.aligner.mode == "lora" and cfg.aligner.save_dtype != "float32":
+        _cast_safetensors(dst / "adapter_model.safetensors", cfg.aligner.save_dtype)
 
 
 def assemble_bundle(cfg: TrainConfig, root: Path, policies, ckpts: dict[str, Path], hashes: dict,
@@ -307,13 +370,7 @@ def assemble_bundle(cfg: TrainConfig, root: Path, policies, ckpts: dict[str, Pat
     (tmp / "inspector").mkdir(parents=True)
     entries = {}
     for c, pol in policies.items():
-        src, dst = ckpts[f"aligner-{c}"], tmp / "aligner" / c
-        dst.mkdir(parents=True)
-        for f in src.iterdir():
-            if f.suffix in (".json", ".safetensors") and f.name not in ("state.json", "optimizer.safetensors"):
-                shutil.copy2(f, dst / f.name)
-        if cfg.aligner.mode == "lora" and cfg.aligner.save_dtype != "float32":
-            _cast_safetensors(dst / "adapter_model.safetensors", cfg.aligner.save_dtype)
+        copy_aligner(cfg, ckpts[f"aligner-{c}"], tmp / "aligner" / c)
         entries[c] = CriterionEntry(policy=pol, aligner=f"aligner/{c}")
     if cfg.inspector.kind == "shared":
         shutil.copy2(ckpts["inspector-shared"] / "heads.safetensors", tmp / "inspector" / "heads.safetensors")

@@ -4,7 +4,8 @@ Row kinds (DESIGN.md): a correction triple ``{question, answer, correction}`` an
 ``{question, answer, label}``. Seed data per policy lives in ``policies/<c>/data/``:
 ``corrections.jsonl`` (triples), ``good.jsonl`` (already-good pairs) and, optionally,
 ``inspector.jsonl`` (labelled rows for that criterion's inspector only, e.g. hard negatives: answers
-that sound safe but are not).
+that sound safe but are not), ``keep.jsonl`` (pairs fine on this criterion, whatever else is wrong
+with them: its aligner learns to return them unchanged) and ``rewrites.jsonl`` (read rewrites).
 """
 from __future__ import annotations
 
@@ -156,6 +157,7 @@ class PolicyData:
     corrections: dict[str, list[CorrectionRow]] = field(default_factory=dict)  # split -> rows
     good: dict[str, list[PairRow]] = field(default_factory=dict)
     labeled: dict[str, list[LabeledRow]] = field(default_factory=dict)  # inspector.jsonl, if any
+    keep: dict[str, list[PairRow]] = field(default_factory=dict)  # keep.jsonl, if any
     rewrites: dict[str, list[RewriteRow]] = field(default_factory=dict)  # rewrites.jsonl, if any
     hashes: dict[str, str] = field(default_factory=dict)
 
@@ -171,14 +173,17 @@ def _check_criteria(path: Path, rows: list[RewriteRow], known: set[str]) -> None
                 raise DataError(f"{path}: row {n}: criterion {name!r} is not a policy beside it (known: {sorted(known)})")
 
 
+OPTIONAL_FILES = ("inspector.jsonl", "keep.jsonl", "rewrites.jsonl")
+
+
 def load_policy_data(policy_dir: str | Path) -> PolicyData:
     folder = Path(policy_dir) / "data"
     data = PolicyData(criterion=Path(policy_dir).name)
     for fname, model, target in (("corrections.jsonl", CorrectionRow, data.corrections),
                                  ("good.jsonl", PairRow, data.good), ("inspector.jsonl", LabeledRow, data.labeled),
-                                 ("rewrites.jsonl", RewriteRow, data.rewrites)):
+                                 ("keep.jsonl", PairRow, data.keep), ("rewrites.jsonl", RewriteRow, data.rewrites)):
         path = folder / fname
-        if fname in ("inspector.jsonl", "rewrites.jsonl") and not path.exists():
+        if fname in OPTIONAL_FILES and not path.exists():
             continue
         rows = read_jsonl(path, model)
         if model is RewriteRow:
@@ -198,7 +203,8 @@ def inspector_rows(all_data: dict[str, PolicyData], criterion: str, split: str,
     answers and the corrections of the criteria in ``independent_of`` (the policy's field): a vague
     answer is not unethical, so the ethics inspector must not flag it, or the squad would route it
     to the wrong aligner. Plus the criterion's own labelled rows (``inspector.jsonl``), as labelled,
-    and every criterion's read rewrites (``rewrites.jsonl``): 0 where the reader said the rewrite
+    its ``keep.jsonl`` pairs as aligned (for this criterion only: they may fail the others), and
+    every criterion's read rewrites (``rewrites.jsonl``): 0 where the reader said the rewrite
     fails this criterion, so each inspector learns what the aligners' own mistakes look like.
     """
     rows: list[LabeledRow] = []
@@ -212,5 +218,6 @@ def inspector_rows(all_data: dict[str, PolicyData], criterion: str, split: str,
         if c in independent_of and c != criterion:
             rows += [LabeledRow(question=r.question, answer=a, label=1) for r in other_corr for a in (r.answer, r.correction)]
     rows += own.labeled.get(split, [])
+    rows += [LabeledRow(question=r.question, answer=r.answer, label=1) for r in own.keep.get(split, [])]
     rows += [r.labeled(criterion) for d in all_data.values() for r in d.rewrites.get(split, []) if r.answer.strip()]
     return rows
