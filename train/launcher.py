@@ -192,6 +192,7 @@ def plan_jobs(cfg: TrainConfig, root: Path) -> tuple[dict, list[tuple[str, str, 
 
 
 def aligner_jobs(cfg: TrainConfig, policies, data, common: dict) -> list[tuple[str, str, dict, ScalingSpec]]:
+    """One job per policy: its train-split corrections, warm-up pairs and pairs to keep."""
     from squad.models.registry import resolve
 
     jobs = []
