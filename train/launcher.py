@@ -187,7 +187,7 @@ def plan_jobs(cfg: TrainConfig, root: Path) -> tuple[dict, list[tuple[str, str, 
         for c in policies:
             jobs.append((f"inspector-{c}", "squad.train.inspector_loop.train_finetuned_inspector",
                          {**icfg, "rows": {c: irows[c]}, "criterion": c}, cfg.inspector.scaling))
-    hashes = {k: v for d in data.values() for k, v in d.hashes.items()}
+    hashes = _hashes(data)
     return policies, jobs, hashes
 
 
@@ -214,6 +214,11 @@ def _common(cfg: TrainConfig, root: Path) -> dict:
             "run_name": cfg.run_name, "wandb_dir": str((root / cfg.storage).resolve() / "wandb")}
 
 
+def _hashes(data) -> dict[str, str]:
+    """sha256 of every data file of the loaded policies, keyed ``criterion/file``."""
+    return {k: v for d in data.values() for k, v in d.hashes.items()}
+
+
 def _policies_dir(cfg: TrainConfig, root: Path) -> Path:
     return root / cfg.policies  # an absolute cfg.policies stays as it is
 
@@ -234,7 +239,7 @@ def add_probe(cfg: TrainConfig, root: Path, out: Path, log=print) -> None:
     data = {c: load_policy_data(pdir / c) for c in policies}
     spec = fit_probe(cfg.probe, manifest.aligner.base, policies, data, out, cfg.limit, log)
     manifest.inspector.probe = spec
-    hashes = {k: v for d in data.values() for k, v in d.hashes.items()}
+    hashes = _hashes(data)
     manifest.training["probe"] = {**cfg.probe.model_dump(), "data": hashes, "seconds": round(time.time() - started, 1)}
     write_manifest(out, manifest)
 
@@ -345,7 +350,7 @@ def refit_aligners(cfg: TrainConfig, root: Path, out: Path, log=print) -> None:
         shutil.rmtree(out / "aligner" / c)
         tmp.rename(out / "aligner" / c)
         manifest.criteria[c].policy = pol
-    hashes = {k: v for d in data.values() for k, v in d.hashes.items()}
+    hashes = _hashes(data)
     manifest.training["aligners"] = {"criteria": sorted(policies), **cfg.aligner.model_dump(), "data": hashes,
                                      "seconds": round(time.time() - started, 1)}
     write_manifest(out, manifest)
