@@ -5,7 +5,8 @@ concurrency (1, 8, 32): throughput, p50/p99 latency and errors through HTTP. In 
 the same workload through the in-process SDK (so Serve's overhead is a ratio), inspectors-only
 requests through HTTP, and the gated squad against always applying every aligner (the PKU
 Aligner style), as a throughput ratio with the pass rate of each; and the 1-client latency with
-the aligners on PyTorch (``aligner_engine: hf``) against the default engine.
+the aligners on PyTorch (``aligner_engine: hf``) and on CTranslate2 int8 (``ct2-int8``) against the
+default engine.
 
     python bench/serve_load.py [--requests 32] [--max-seconds 240]
 """
@@ -120,15 +121,16 @@ def serve_figures(bodies: list[dict], args, thr: dict) -> None:
     line, _ = row("HTTP /v1/inspect (inspectors only), 1 client",
                   load(url + "/v1/inspect", good, 1, 4 * len(good), args.max_seconds))
     print(line, flush=True)
-    serve.delete("squad")
-    # the PyTorch engine, for the ratio (the default, auto, decodes on CTranslate2 on CPU)
-    serve.run(build_app({"bundle": "default", "upstream": no_upstream, "aligner_engine": "hf"}), name="squad")
-    r = load(url + "/v1/correct", bodies, 1, len(bodies), args.max_seconds)
-    line, _ = row("HTTP /v1/correct, 1 client, aligner_engine: hf (PyTorch)", r)
-    print(line, flush=True)
-    if one_client["latencies_ms"] and r["latencies_ms"]:
-        print(f"1-client /v1/correct p50, PyTorch / default engine: "
-              f"{p50(r['latencies_ms']) / p50(one_client['latencies_ms']):.2f}x", flush=True)
+    # the other engines at one client, for the ratio (the default, auto, decodes on CTranslate2 float32 on CPU)
+    for engine, what in (("hf", "PyTorch"), ("ct2-int8", "CTranslate2 int8")):
+        serve.delete("squad")
+        serve.run(build_app({"bundle": "default", "upstream": no_upstream, "aligner_engine": engine}), name="squad")
+        r = load(url + "/v1/correct", bodies, 1, len(bodies), args.max_seconds)
+        line, _ = row(f"HTTP /v1/correct, 1 client, aligner_engine: {engine} ({what})", r)
+        print(line, flush=True)
+        if one_client["latencies_ms"] and r["latencies_ms"]:
+            print(f"1-client /v1/correct p50, {engine} / default engine: "
+                  f"{p50(r['latencies_ms']) / p50(one_client['latencies_ms']):.2f}x", flush=True)
     serve.delete("squad")
     serve.run(build_app({"bundle": "default", "upstream": no_upstream, "aligner_layout": "per_criterion",
                          "aligner": {"num_cpus": 0.4}}), name="squad")
