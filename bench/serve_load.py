@@ -114,7 +114,7 @@ def serve_figures(bodies: list[dict], args, thr: dict) -> None:
     one_client = {}
     for conc in (1, 8, 32):
         r = load(url + "/v1/correct", bodies, conc, len(bodies), args.max_seconds)
-        line, thr[conc] = row(f"HTTP /v1/correct, {conc} clients", r)
+        line, thr[conc] = row(f"HTTP /v1/correct, {conc} client{'s' if conc > 1 else ''}", r)
         one_client = one_client or r
         print(line, flush=True)
     good = [b for i, b in enumerate(bodies) if i % 2 == 0]
@@ -129,8 +129,9 @@ def serve_figures(bodies: list[dict], args, thr: dict) -> None:
         line, _ = row(f"HTTP /v1/correct, 1 client, aligner_engine: {engine} ({what})", r)
         print(line, flush=True)
         if one_client["latencies_ms"] and r["latencies_ms"]:
-            print(f"1-client /v1/correct p50, {engine} / default engine: "
-                  f"{p50(r['latencies_ms']) / p50(one_client['latencies_ms']):.2f}x", flush=True)
+            print(f"1-client /v1/correct, {engine} / default engine: p50 "
+                  f"{p50(r['latencies_ms']) / p50(one_client['latencies_ms']):.2f}x, p99 "
+                  f"{p99(r['latencies_ms']) / p99(one_client['latencies_ms']):.2f}x", flush=True)
     serve.delete("squad")
     serve.run(build_app({"bundle": "default", "upstream": no_upstream, "aligner_layout": "per_criterion",
                          "aligner": {"num_cpus": 0.4}}), name="squad")
